@@ -1,0 +1,114 @@
+"""Load a Hugging Face causal-LM folder once, on the best device, with a stable identity.
+
+A worker keeps the last ``LoadedBase`` in memory between jobs, so loading is separate from
+training: ``train(..., base=loaded)`` reuses it and leaves it as it found it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+from training.engine.errors import EngineError
+
+# Files whose bytes define what the model computes; hashed (sampled) into the identity.
+_IDENTITY_FILES = (
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+)
+_WEIGHT_SUFFIXES = (".safetensors", ".bin")
+_SAMPLE_BYTES = 1 << 20
+
+
+@dataclass
+class LoadedBase:
+    """A base model and its tokenizer, ready to receive LoRA adapters."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    device: torch.device
+    identity: str  # content hash of the folder: same weights -> same identity on any machine
+    path: Path
+
+
+def pick_device() -> tuple[torch.device, torch.dtype]:
+    """bf16 on a GPU that supports it, fp32 everywhere else (fp16 training needs loss scaling)."""
+    if torch.cuda.is_available():
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+        return torch.device("cuda", torch.cuda.current_device()), dtype
+    return torch.device("cpu"), torch.float32
+
+
+def model_identity(path: Path) -> str:
+    """A stable hash of a model folder's config, tokenizer and (sampled) weight bytes.
+
+    Hashing whole multi-GB weight files would cost seconds per job; the size plus the first,
+    middle and last MiB of each file changes whenever the weights do in practice.
+    """
+    digest = hashlib.sha256()
+    for name in _IDENTITY_FILES:
+        file = path / name
+        if file.is_file():
+            digest.update(name.encode())
+            digest.update(file.read_bytes())
+    for file in sorted(p for p in path.iterdir() if p.name.endswith(_WEIGHT_SUFFIXES)):
+        digest.update(_sampled_file_digest(file).encode())
+    return digest.hexdigest()[:16]
+
+
+def _sampled_file_digest(file: Path) -> str:
+    size = file.stat().st_size
+    digest = hashlib.sha256(f"{file.name}:{size}".encode())
+    with file.open("rb") as handle:
+        for offset in (0, max(0, size // 2 - _SAMPLE_BYTES // 2), max(0, size - _SAMPLE_BYTES)):
+            handle.seek(offset)
+            digest.update(handle.read(_SAMPLE_BYTES))
+    return digest.hexdigest()
+
+
+def load_base(path: str | Path) -> LoadedBase:
+    """Load model + tokenizer from ``path``; EngineError (one line) if the folder is unusable."""
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise EngineError(f"model folder {folder} does not exist; pass a folder in HF format")
+    if not (folder / "config.json").is_file():
+        raise EngineError(f"model folder {folder} has no config.json; is it a Hugging Face model?")
+    try:
+        json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError) as error:
+        raise EngineError(f"cannot read {folder / 'config.json'}: {error}") from None
+
+    device, dtype = pick_device()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        model = AutoModelForCausalLM.from_pretrained(
+            folder,
+            dtype=dtype,
+            device_map={"": device.index} if device.type == "cuda" else None,
+        )
+    except (OSError, ValueError, KeyError) as error:
+        message = str(error).strip()
+        first_line = message.splitlines()[0] if message else type(error).__name__
+        raise EngineError(f"cannot load the model in {folder}: {first_line}") from None
+    if tokenizer.eos_token_id is None:
+        raise EngineError(f"the tokenizer in {folder} has no eos token; answers need one to end")
+    if tokenizer.pad_token_id is None:
+        # Batches are padded; padded positions are masked out, so any id works. eos is customary.
+        tokenizer.pad_token = tokenizer.eos_token
+    model.eval()
+    model.requires_grad_(False)
+    return LoadedBase(
+        model=model,
+        tokenizer=tokenizer,
+        device=device,
+        identity=model_identity(folder),
+        path=folder,
+    )
