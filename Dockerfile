@@ -1,0 +1,14 @@
+FROM python:3.11-slim
+ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY config config
+COPY accounts accounts
+COPY annotate annotate
+COPY training training
+COPY templates templates
+COPY static static
+COPY manage.py ./
+RUN pip install '.[train]' && DEBUG=1 python manage.py collectstatic --noinput
+# Migrations run once at start of the web container; workers wait for the database.
+CMD ["sh", "-c", "python manage.py migrate --noinput && gunicorn config.wsgi --bind 0.0.0.0:8000"]

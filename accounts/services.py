@@ -1,0 +1,63 @@
+import secrets
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AbstractBaseUser, Group
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.utils import timezone
+
+from accounts.models import ApiToken, hash_token
+from accounts.roles import ROLES
+
+TOKEN_PREFIX = "pw_"
+
+
+@transaction.atomic
+def user_create(*, username: str, role: str, password: str | None = None) -> tuple:
+    """Create a user with one role; returns (user, password) — generated when none is given."""
+    if role not in ROLES:
+        raise ValidationError({"role": f"role must be one of {', '.join(ROLES)}, not {role!r}"})
+    User = get_user_model()
+    if User.objects.filter(username=username).exists():
+        raise ValidationError({"username": f"user {username!r} already exists"})
+    password = password or secrets.token_urlsafe(12)
+    user = User(username=username)
+    user.set_password(password)
+    user.full_clean()
+    user.save()
+    user_set_role(user=user, role=role)
+    return user, password
+
+
+@transaction.atomic
+def user_set_role(*, user: AbstractBaseUser, role: str) -> None:
+    if role not in ROLES:
+        raise ValidationError({"role": f"role must be one of {', '.join(ROLES)}, not {role!r}"})
+    groups = {name: Group.objects.get_or_create(name=name)[0] for name in ROLES}
+    user.groups.remove(*groups.values())
+    user.groups.add(groups[role])
+    user.__dict__.pop("_patchwise_is_curator", None)
+
+
+def token_create(*, user: AbstractBaseUser, name: str = "") -> str:
+    """Create an API token and return it; only its hash is stored, so it is shown once."""
+    raw = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    token = ApiToken(user=user, token_hash=hash_token(raw), prefix=raw[:8], name=name)
+    token.full_clean()
+    token.save()
+    return raw
+
+
+def token_authenticate(*, raw_token: str) -> AbstractBaseUser | None:
+    token = (
+        ApiToken.objects.select_related("user")
+        .filter(token_hash=hash_token(raw_token), revoked_at__isnull=True, user__is_active=True)
+        .first()
+    )
+    if token is None:
+        return None
+    now = timezone.now()
+    # Recording use at most once a minute keeps the hot API path free of a write per request.
+    if token.last_used_at is None or (now - token.last_used_at).total_seconds() > 60:
+        ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
+    return token.user

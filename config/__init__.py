@@ -1,0 +1,5 @@
+"""Django project for Patchwise; the Celery app is imported so that @shared_task binds to it."""
+
+from config.celery import app as celery_app
+
+__all__ = ["celery_app"]

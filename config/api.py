@@ -1,0 +1,47 @@
+"""The JSON API under /api/v1/ (OpenAPI schema at /api/v1/openapi.json).
+
+Each app contributes a router; every endpoint authenticates with `Authorization: Bearer TOKEN`
+(tokens from `manage.py create_token`) or the browser session. Errors are `{"detail": ...}`.
+"""
+
+from django.core.exceptions import PermissionDenied
+from django.http import Http404, HttpRequest
+from ninja import NinjaAPI
+from ninja.security import django_auth
+
+from accounts.api_auth import BearerToken
+
+api = NinjaAPI(
+    title="Patchwise API",
+    version="1",
+    urls_namespace="api",
+    auth=[BearerToken(), django_auth],
+    docs_url="/docs",
+)
+
+
+@api.exception_handler(PermissionDenied)
+def permission_denied(request: HttpRequest, exc: PermissionDenied):
+    return api.create_response(request, {"detail": str(exc) or "Permission denied."}, status=403)
+
+
+@api.exception_handler(Http404)
+def not_found(request: HttpRequest, exc: Http404):
+    return api.create_response(request, {"detail": str(exc) or "Not found."}, status=404)
+
+
+def _add_app_routers() -> None:
+    """Routers live next to the models they serve; an app without one yet is skipped."""
+    from importlib import import_module
+
+    for module_name, prefix in (("accounts.api", ""), ("annotate.api", ""), ("training.api", "")):
+        try:
+            module = import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue
+        api.add_router(prefix, module.router)
+
+
+_add_app_routers()

@@ -1,0 +1,45 @@
+from django.conf import settings
+from django.contrib.auth.decorators import login_not_required
+from django.db import connections
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET
+from kombu import Connection
+
+
+def _check_database() -> str | None:
+    try:
+        with connections["default"].cursor() as cursor:
+            cursor.execute("SELECT 1")
+    except Exception as exc:  # any failure means "not answering"; the message says which
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def _check_broker() -> str | None:
+    options = getattr(settings, "CELERY_BROKER_TRANSPORT_OPTIONS", {})
+    try:
+        with Connection(
+            settings.CELERY_BROKER_URL, connect_timeout=2, transport_options=options
+        ) as conn:
+            conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=3)
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+@login_not_required
+@never_cache
+@require_GET
+def healthz(request: HttpRequest) -> JsonResponse:
+    """200 when the database and the broker answer; 503 naming the one that does not."""
+    checks = {"database": _check_database(), "broker": _check_broker()}
+    failing = {name: error for name, error in checks.items() if error}
+    body = {
+        "status": "ok" if not failing else "unavailable",
+        "database": "ok" if not checks["database"] else "down",
+        "broker": "ok" if not checks["broker"] else "down",
+    }
+    if failing:
+        body["errors"] = failing
+    return JsonResponse(body, status=503 if failing else 200)

@@ -1,0 +1,168 @@
+"""Fixtures shared by every test: users with roles, a real Celery worker, a real Chromium.
+
+Tests run against this machine's PostgreSQL and Redis (see [tool.pytest.ini_options] env in
+pyproject.toml); nothing here stands in for them.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = os.environ.get("PATCHWISE_CHROMIUM", "/usr/bin/chromium")
+
+
+@dataclass
+class Account:
+    user: object
+    username: str
+    password: str
+
+
+def _make_account(username: str, role: str) -> Account:
+    from accounts.services import user_create
+
+    password = f"{username}-Secret-pw-1"
+    user, _ = user_create(username=username, role=role, password=password)
+    return Account(user=user, username=username, password=password)
+
+
+@pytest.fixture
+def curator(db) -> Account:
+    return _make_account("carla", "curator")
+
+
+@pytest.fixture
+def annotator(db) -> Account:
+    return _make_account("anna", "annotator")
+
+
+@pytest.fixture
+def curator_client(client, curator):
+    client.force_login(curator.user)
+    return client
+
+
+@pytest.fixture
+def annotator_client(client, annotator):
+    client.force_login(annotator.user)
+    return client
+
+
+def _test_database_url() -> str:
+    """The URL of the database this test session really uses (pytest-django's test_ copy)."""
+    from django.db import connection
+
+    s = connection.settings_dict
+    user = s.get("USER") or "postgres"
+    auth = f"{user}:{s['PASSWORD']}@" if s.get("PASSWORD") else f"{user}@"
+    return f"postgres://{auth}{s.get('HOST') or '127.0.0.1'}:{s.get('PORT') or 5432}/{s['NAME']}"
+
+
+class WorkerProcess:
+    """A real `celery worker` in a child process, talking to the test database over Redis."""
+
+    def __init__(self, queues: str, extra_env: dict[str, str], log_path: Path) -> None:
+        self.log_path = log_path
+        env = {**os.environ, "DATABASE_URL": _test_database_url(), **extra_env}
+        env.pop("TEST_DATABASE_NAME", None)
+        self._log = open(log_path, "wb")
+        self.process = subprocess.Popen(
+            [
+                sys.executable, "-m", "celery", "-A", "config", "worker",
+                "-Q", queues, "--pool", "solo", "--concurrency", "1",
+                "--hostname", f"test-{os.getpid()}-{time.monotonic_ns()}@%h",
+                "--without-gossip", "--without-mingle", "--loglevel", "INFO",
+            ],
+            cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"celery worker exited early:\n{self.log()}")
+            if b"ready." in self.log_path.read_bytes():
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"celery worker not ready after {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL, as the kernel's OOM killer or a lost machine would."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._log.close()
+
+
+@pytest.fixture
+def start_worker(transactional_db, tmp_path):
+    """Factory: start_worker(queues="gpu,default", env={...}) -> WorkerProcess; stopped after."""
+    from config.celery import app
+
+    started: list[WorkerProcess] = []
+
+    def start(queues: str = "default,gpu", env: dict[str, str] | None = None) -> WorkerProcess:
+        if not app.conf.broker_url.startswith("redis://"):
+            pytest.fail("worker tests need Redis: set CELERY_BROKER_URL=redis://...")
+        if not started:
+            app.control.purge()  # messages left over from an earlier, interrupted run
+        worker = WorkerProcess(queues, env or {}, tmp_path / f"worker-{len(started)}.log")
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+@pytest.fixture(scope="session")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"Chromium not found at {CHROMIUM}: apt-get install -y chromium")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    yield page
+    context.close()
+
+
+def login(page, live_server, account: Account) -> None:
+    """Log in through the real login form, as a person would."""
+    page.goto(f"{live_server.url}/accounts/login/")
+    page.fill("#id_username", account.username)
+    page.fill("#id_password", account.password)
+    page.click("button[type=submit]")
+    page.wait_for_url(lambda url: "/accounts/login" not in url)

@@ -1,0 +1,144 @@
+"""The foundation works with the real parts: PostgreSQL, Redis, a Celery worker, Chromium."""
+
+import os
+import subprocess
+import sys
+from io import StringIO
+
+import pytest
+from django.core.management import call_command
+from django.db import connection
+from django.db.migrations.executor import MigrationExecutor
+from django.test import override_settings
+from django.urls import reverse
+
+from tests.conftest import ROOT, login
+
+pytestmark = pytest.mark.django_db
+
+
+def test_migrations_apply_on_postgresql_and_match_the_models():
+    assert connection.vendor == "postgresql"
+    executor = MigrationExecutor(connection)
+    assert executor.migration_plan(executor.loader.graph.leaf_nodes()) == []
+    out = StringIO()
+    call_command("makemigrations", "--check", "--dry-run", stdout=out)
+    assert "No changes detected" in out.getvalue()
+
+
+def test_pages_need_a_login(client):
+    response = client.get("/")
+    assert response.status_code == 302
+    assert response["Location"].startswith(reverse("login"))
+    assert client.get(reverse("login")).status_code == 200
+
+
+def test_api_without_token_answers_401_in_json(client):
+    response = client.get("/api/v1/me")
+    assert response.status_code == 401
+    assert response.json() == {"detail": "Unauthorized"}
+
+
+def test_create_token_prints_a_token_that_authenticates(client, annotator):
+    out = StringIO()
+    call_command("create_token", annotator.username, stdout=out)
+    token = out.getvalue().strip()
+    response = client.get("/api/v1/me", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 200
+    assert response.json() == {"username": "anna", "role": "annotator"}
+    assert client.get("/api/v1/me", headers={"Authorization": "Bearer nope"}).status_code == 401
+    from accounts.models import ApiToken
+
+    assert not ApiToken.objects.filter(token_hash=token).exists()  # stored hashed
+
+
+def test_create_user_prints_a_generated_password(client):
+    out = StringIO()
+    call_command("create_user", "bob", "--role", "curator", stdout=out)
+    password = out.getvalue().split("password: ")[1].strip()
+    assert client.login(username="bob", password=password)
+
+
+def test_annotator_gets_403_on_a_curator_page(annotator_client, curator_client):
+    url = reverse("project_create")
+    assert annotator_client.get(url).status_code == 403
+    assert annotator_client.post(url, {"name": "X", "slug": "x"}).status_code == 403
+
+
+def test_curator_reaches_the_curator_page(curator_client):
+    assert curator_client.get(reverse("project_create")).status_code == 200
+
+
+def test_pages_carry_a_strict_content_security_policy(curator_client):
+    response = curator_client.get("/")
+    policy = response["Content-Security-Policy"]
+    directives = dict(d.strip().split(" ", 1) for d in policy.split(";"))
+    assert directives["default-src"] == "'self'"
+    assert "'unsafe-inline'" not in policy and "'unsafe-eval'" not in policy
+    assert "http" not in policy  # no third-party origin
+    html = response.content.decode()
+    assert 'src="http' not in html and "src='http" not in html  # htmx is served by us
+    assert "htmx" in html
+    assert "X-CSRFToken" in html  # htmx requests carry the CSRF token as a header
+
+
+def test_healthz_reports_database_and_broker(client):
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    assert response.json()["database"] == "ok" and response.json()["broker"] == "ok"
+
+
+def test_healthz_names_the_broker_when_it_does_not_answer(client):
+    with override_settings(CELERY_BROKER_URL="redis://127.0.0.1:1/0"):
+        response = client.get("/healthz")
+    assert response.status_code == 503
+    body = response.json()
+    assert body["broker"] == "down" and body["database"] == "ok"
+    assert "broker" in body["errors"]
+
+
+def test_check_deploy_is_clean_with_debug_off_and_a_real_secret():
+    env = {
+        **os.environ,
+        "DEBUG": "0",
+        "SECRET_KEY": "k3x!9s-a-real-looking-secret-key-with-enough-entropy-0123456789abc",
+        "ALLOWED_HOSTS": "patchwise.example.com",
+    }
+    for name in ("SECURE_SSL_REDIRECT", "SECURE_COOKIES"):
+        env.pop(name, None)
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        cwd=ROOT, env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert "no issues" in result.stdout
+
+
+def test_celery_routes_gpu_work_to_the_gpu_queue():
+    from config.celery import app
+
+    router = app.amqp.router
+    for task in ("training.run_job", "training.run_generation", "training.probe_worker"):
+        assert router.route({}, task)["queue"].name == "gpu"
+    assert app.conf.task_acks_late and app.conf.task_reject_on_worker_lost
+    assert app.conf.worker_prefetch_multiplier == 1
+
+
+@pytest.mark.worker
+def test_a_real_worker_runs_a_task_from_the_gpu_queue(start_worker):
+    from training.tasks import probe_worker
+
+    worker = start_worker(queues="gpu")
+    result = probe_worker.delay()
+    info = result.get(timeout=60)
+    assert info["device"] in ("cpu",) or info["cuda"]
+    assert "probe_worker" in worker.log()
+
+
+@pytest.mark.browser
+def test_browser_logs_in_and_sees_the_home_page(live_server, page, curator):
+    page.goto(live_server.url + "/")
+    assert "/accounts/login" in page.url
+    login(page, live_server, curator)
+    assert page.locator("header").inner_text().find("carla") >= 0
+    assert page.locator("h1").first.inner_text() == "Projects"
