@@ -6,7 +6,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
-from accounts.models import ApiToken, hash_token
+from accounts.models import ApiToken, AuditEvent, hash_token
 from accounts.roles import ROLES
 
 TOKEN_PREFIX = "pw_"
@@ -61,3 +61,24 @@ def token_authenticate(*, raw_token: str) -> AbstractBaseUser | None:
     if token.last_used_at is None or (now - token.last_used_at).total_seconds() > 60:
         ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
     return token.user
+
+
+def audit_record(
+    *,
+    actor: AbstractBaseUser | None,
+    action: str,
+    target: object,
+    old_value: object = None,
+    new_value: object = None,
+) -> AuditEvent:
+    """Write an audit row; call it inside the transaction of the change it describes."""
+    event = AuditEvent(
+        actor=actor if actor is not None and actor.is_authenticated else None,
+        action=action,
+        target_type=type(target).__name__.lower(),
+        target_id=str(getattr(target, "pk", target)),
+        old_value=old_value,
+        new_value=new_value,
+    )
+    event.save()
+    return event
