@@ -104,7 +104,7 @@ def test_check_deploy_is_clean_with_debug_off_and_a_real_secret():
         "SECRET_KEY": "k3x!9s-a-real-looking-secret-key-with-enough-entropy-0123456789abc",
         "ALLOWED_HOSTS": "patchwise.example.com",
     }
-    for name in ("SECURE_SSL_REDIRECT", "SECURE_COOKIES"):
+    for name in ("SECURE_SSL_REDIRECT", "SECURE_COOKIES", "DJANGO_ALLOW_ASYNC_UNSAFE"):
         env.pop(name, None)
     result = subprocess.run(
         [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
