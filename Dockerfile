@@ -6,6 +6,7 @@ COPY config config
 COPY accounts accounts
 COPY annotate annotate
 COPY training training
+COPY rounds rounds
 COPY templates templates
 COPY static static
 COPY manage.py ./

@@ -34,7 +34,12 @@ def _add_app_routers() -> None:
     """Routers live next to the models they serve; an app without one yet is skipped."""
     from importlib import import_module
 
-    for module_name, prefix in (("accounts.api", ""), ("annotate.api", ""), ("training.api", "")):
+    for module_name, prefix in (
+        ("accounts.api", ""),
+        ("annotate.api", ""),
+        ("training.api", ""),
+        ("rounds.api", ""),
+    ):
         try:
             module = import_module(module_name)
         except ModuleNotFoundError as exc:

@@ -10,5 +10,6 @@ urlpatterns = [
     path("accounts/", include("accounts.urls")),
     path("api/v1/", api.urls),
     path("jobs/", include("training.urls")),
+    path("rounds/", include("rounds.urls")),
     path("", include("annotate.urls")),
 ]
