@@ -1,0 +1,135 @@
+"""Command line: ``python -m training.engine train|generate ...``.
+
+Bad input ends in one line on stderr naming the path, line or field, and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+import warnings
+from pathlib import Path
+from typing import NoReturn
+
+from training.engine.config import LOSSES, TrainConfig
+from training.engine.errors import Cancelled, EngineError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but its errors are one line (no usage dump) like the engine's own."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {self.prog}: {message} (see --help)\n")
+
+
+def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = TrainConfig()
+    parser.add_argument("--model", required=True, help="HF model folder to patch")
+    parser.add_argument("--pairs", required=True, type=Path, help="PAIRS.jsonl")
+    parser.add_argument("--out", required=True, type=Path, help="folder for the adapter + reports")
+    parser.add_argument("--eval", type=Path, help="EVAL.jsonl: flagged/heldout/regression prompts")
+    parser.add_argument("--adapter", help="deployed adapter folder; the patch stacks on it")
+    parser.add_argument("--beta", type=float, default=defaults.beta)
+    parser.add_argument("--loss", choices=LOSSES, default=defaults.loss)
+    parser.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing)
+    parser.add_argument("--sft-weight", type=float, default=defaults.sft_weight)
+    parser.add_argument("--retain-weight", type=float, default=defaults.retain_weight)
+    parser.add_argument("--lr", type=float, default=defaults.lr)
+    parser.add_argument("--epochs", type=int, default=defaults.epochs)
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--lora-r", type=int, default=defaults.lora_r)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from training.engine.config import validate_config
+    from training.engine.data import read_jsonl
+
+    config = TrainConfig(
+        model=args.model,
+        adapter=args.adapter,
+        beta=args.beta,
+        loss=args.loss,
+        label_smoothing=args.label_smoothing,
+        sft_weight=args.sft_weight,
+        retain_weight=args.retain_weight,
+        lr=args.lr,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lora_r=args.lora_r,
+        lora_alpha=2 * args.lora_r,
+        seed=args.seed,
+    )
+    validate_config(config)  # before loading anything: a bad config fails in a second
+    pairs = read_jsonl(args.pairs, what="pairs")
+    eval_items = read_jsonl(args.eval, what="eval") if args.eval else None
+
+    import transformers
+
+    from training.engine.train import train
+
+    transformers.logging.set_verbosity_error()  # the CLI prints its own progress
+    warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notices
+    transformers.logging.disable_progress_bar()
+
+    def show(progress: dict) -> None:
+        if progress["phase"] == "train" and "loss" in progress.get("metrics", {}):
+            metrics = progress["metrics"]
+            print(
+                f"epoch {progress['epoch']} step {progress['step']}/{progress['total']} "
+                f"loss {metrics['loss']:.4f} margin {metrics['rewards/margins']:.3f} "
+                f"nll {metrics['nll']:.3f}",
+                flush=True,
+            )
+
+    result = train(config, pairs=pairs, out_dir=args.out, eval_items=eval_items, on_progress=show)
+    report = result.report
+    data = report["data"]
+    print(
+        f"pairs {data['pairs']} ({data['truncated_pairs']} truncated), "
+        f"reference log-probs from cache: {data['ref_cache_hits']}/{data['pairs']}"
+    )
+    print(f"stopped: {report['training']['stopped_because']}")
+    for kind, counts in report["summary"].items():
+        if kind == "regression":
+            print(f"{kind}: {counts['unchanged']}/{counts['total']} unchanged")
+        else:
+            print(f"{kind}: {counts['fixed']}/{counts['with_expected']} fixed")
+    print(f"wrote {', '.join(str(path) for path in result.files)}")
+    return 0
+
+
+def _generate_module():
+    """E2's ``generate`` subcommand, if present (imported lazily: it pulls in torch)."""
+    if importlib.util.find_spec("training.engine.generate") is None:
+        return None
+    return importlib.import_module("training.engine.generate")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _Parser(prog="python -m training.engine", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_train_arguments(commands.add_parser("train", help="train a LoRA DPO patch"))
+    generate_parser = commands.add_parser("generate", help="sample answers from a model")
+    generate = _generate_module() if "generate" in (argv or sys.argv[1:])[:1] else None
+    if generate is not None:
+        generate.add_arguments(generate_parser)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "train":
+            return _run_train(args)
+        if generate is None:
+            raise EngineError("the generate subcommand is not installed in this build")
+        return generate.run(args)
+    except EngineError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except Cancelled as cancelled:
+        print(f"cancelled: {cancelled}", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

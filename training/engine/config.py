@@ -1,0 +1,170 @@
+"""The training options, as data: one dataclass whose defaults say what they mean.
+
+Defaults are tuned on the demo model (see docs/benchmarks.md): DPO alone lowers both answers'
+likelihoods and fixes little, so an SFT term on the chosen answer is on by default, the learning
+rate is LoRA-high, and ``epochs`` is a budget that early stopping rarely spends.
+This module imports nothing heavy, so a web process can validate a job's config cheaply.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from training.engine.errors import EngineError
+
+LOSSES = ("sigmoid", "ipo", "hinge", "robust")
+
+# Linear layers of a Llama/Qwen/Mistral-style decoder block: what vLLM serves LoRA on.
+DEFAULT_TARGET_MODULES = (
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+)
+
+# vLLM serves LoRA on the decoder's linear layers; embeddings and the LM head need extra
+# vocabulary support, and anything saved whole (modules_to_save) is not loaded at all.
+VLLM_UNSUPPORTED_TARGETS = ("lm_head", "embed_tokens", "wte", "wpe", "norm", "ln_f")
+VLLM_MAX_LORA_RANK = 512  # the largest --max-lora-rank vLLM accepts
+
+
+@dataclass
+class TrainConfig:
+    # --- what to patch
+    model: str = ""  # HF folder of the base model (the app passes PATCHWISE_BASE_MODEL)
+    adapter: str | None = None  # the deployed adapter: frozen, the patch stacks on it, and the
+    # reference becomes base + adapter (never the bare base, which would skew the loss)
+
+    # --- preference loss (formulas as TRL's DPOTrainer)
+    loss: str = "sigmoid"  # sigmoid (DPO) | ipo | hinge | robust
+    beta: float = 0.1  # strength of the pull towards the reference; 0.05-0.5 is usual
+    label_smoothing: float = 0.0  # sigmoid: cDPO's assumed label noise; robust: must be < 0.5
+    sft_weight: float = 1.0  # token-mean NLL on the chosen answer; keeps the good answer likely
+    # (DPO alone often lowers both answers). 0 turns it off.
+    retain_weight: float = 1.0  # token-mean NLL on the model's own pre-patch answers to the
+    # regression prompts (needs --eval with regression prompts); keeps unrelated answers stable
+
+    # --- optimisation
+    lr: float = 1e-3  # LoRA tolerates high rates; 1e-4..2e-3 works on small pair sets
+    epochs: int = 30  # a budget: with --eval, training stops once every flagged prompt is fixed
+    batch_size: int = 8  # pairs per step
+    max_grad_norm: float = 1.0  # gradient clipping; 0 turns it off
+    weight_decay: float = 0.0
+    seed: int = 0  # same seed, same data, same machine -> same adapter
+
+    # --- LoRA (vLLM-servable by construction: no modules_to_save, no DoRA, bias none)
+    lora_r: int = 16  # vLLM's default --max-lora-rank is 16; higher ranks need that flag raised
+    lora_alpha: int = 32  # scale = alpha / r
+    lora_dropout: float = 0.0  # 0 keeps the policy equal to the reference at step 0
+    target_modules: tuple[str, ...] = DEFAULT_TARGET_MODULES
+
+    # --- sequences
+    max_length: int = 1024  # prompt + answer tokens; answers past it lose their end
+    max_prompt_length: int | None = 512  # longer prompts keep their END; None: only max_length
+    max_new_tokens: int = 64  # greedy answer length for the before/after evaluation
+
+    # --- machinery
+    prefix_sharing: bool = True  # run each prompt once for both answers (same maths, faster)
+    early_stop: bool = True  # stop at the end of the epoch where every flagged prompt is fixed
+    ref_cache_dir: str | None = None  # None: $PATCHWISE_CACHE_DIR or ~/.cache/patchwise
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form notes copied into the report
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """Build from a job's JSON config, naming any unknown key (API users mistype keys)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise EngineError(f"config: unknown key '{unknown[0]}'; known keys: {sorted(known)}")
+        values = dict(values)
+        if isinstance(values.get("target_modules"), list):
+            values["target_modules"] = tuple(values["target_modules"])
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        values = dataclasses.asdict(self)
+        values["target_modules"] = list(self.target_modules)
+        return values
+
+    def cache_dir(self) -> Path:
+        if self.ref_cache_dir:
+            return Path(self.ref_cache_dir).expanduser()
+        env = os.environ.get("PATCHWISE_CACHE_DIR")
+        return Path(env).expanduser() if env else Path.home() / ".cache" / "patchwise"
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise EngineError(f"config: {message}")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def validate_config(config: TrainConfig) -> None:
+    """Raise EngineError with a user-readable reason if ``config`` cannot train or be served."""
+    _require(isinstance(config.model, str) and bool(config.model), "'model' must name a folder")
+    _require(config.loss in LOSSES, f"'loss' must be one of {', '.join(LOSSES)}")
+    for name in ("beta", "label_smoothing", "sft_weight", "retain_weight", "lr", "max_grad_norm"):
+        _require(_is_number(getattr(config, name)), f"'{name}' must be a number")
+    _require(config.beta > 0, "'beta' must be above 0")
+    _require(config.lr > 0, "'lr' must be above 0")
+    _require(config.sft_weight >= 0 and config.retain_weight >= 0, "weights must be 0 or more")
+    _require(0 <= config.label_smoothing < 0.5, "'label_smoothing' must lie in [0, 0.5)")
+    for name in ("epochs", "batch_size", "lora_r", "lora_alpha", "max_length", "max_new_tokens"):
+        value = getattr(config, name)
+        _require(isinstance(value, int) and not isinstance(value, bool), f"'{name}' must be int")
+        _require(value >= 1, f"'{name}' must be at least 1")
+    _require(isinstance(config.seed, int), "'seed' must be an integer")
+    if config.max_prompt_length is not None:
+        _require(
+            isinstance(config.max_prompt_length, int)
+            and 1 <= config.max_prompt_length < config.max_length,
+            "'max_prompt_length' must be at least 1 and below 'max_length'",
+        )
+    _require(0 <= config.lora_dropout < 1, "'lora_dropout' must lie in [0, 1)")
+    check_vllm_servable(
+        {
+            "r": config.lora_r,
+            "target_modules": list(config.target_modules),
+            "use_dora": False,
+            "modules_to_save": None,
+            "bias": "none",
+        }
+    )
+
+
+def check_vllm_servable(adapter_config: dict[str, Any]) -> None:
+    """Refuse LoRA settings vLLM cannot load, saying which setting and why."""
+    rank = adapter_config.get("r")
+    _require(
+        isinstance(rank, int) and 1 <= rank <= VLLM_MAX_LORA_RANK,
+        f"LoRA rank {rank} cannot be served by vLLM (it accepts ranks 1 to {VLLM_MAX_LORA_RANK})",
+    )
+    _require(not adapter_config.get("use_dora"), "DoRA adapters cannot be served by vLLM")
+    _require(
+        not adapter_config.get("modules_to_save"),
+        "modules_to_save cannot be served by vLLM (it loads only LoRA weights)",
+    )
+    _require(
+        adapter_config.get("bias", "none") == "none",
+        "LoRA bias must be 'none' for vLLM",
+    )
+    targets = adapter_config.get("target_modules") or []
+    if isinstance(targets, str):
+        targets = [targets]
+    _require(bool(targets), "'target_modules' must name at least one layer")
+    for target in targets:
+        _require(
+            isinstance(target, str) and target.split(".")[-1] not in VLLM_UNSUPPORTED_TARGETS,
+            f"LoRA on '{target}' cannot be served by vLLM; target the decoder's linear layers "
+            f"({', '.join(DEFAULT_TARGET_MODULES)})",
+        )

@@ -1,0 +1,110 @@
+"""Greedy answers for eval prompts, and what changed between before and after.
+
+``generate_greedy`` is shared with the ``generate`` subcommand and the retain term: batched,
+left-padded, deterministic.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import torch
+
+from training.engine.data import EvalItem, Prompt, encode_prompt
+from training.engine.modeling import LoadedBase
+
+
+def generate_greedy_ids(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    prompts: list[Prompt],
+    max_new_tokens: int = 64,
+    *,
+    batch_size: int = 16,
+) -> list[list[int]]:
+    """Greedy answer token ids per prompt (ending with eos when the model stopped by itself)."""
+    device = next(model.parameters()).device
+    answers: list[list[int]] = []
+    eos = tokenizer.eos_token_id
+    for start in range(0, len(prompts), batch_size):
+        batch = prompts[start : start + batch_size]
+        encoded = [encode_prompt(tokenizer, prompt) for prompt in batch]
+        width = max(len(ids) for ids in encoded)
+        input_ids = torch.full((len(encoded), width), tokenizer.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros_like(input_ids)
+        for row, ids in enumerate(encoded):
+            input_ids[row, width - len(ids) :] = torch.tensor(ids)
+            attention_mask[row, width - len(ids) :] = 1
+        with torch.inference_mode():
+            output = model.generate(
+                input_ids=input_ids.to(device),
+                attention_mask=attention_mask.to(device),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=eos,
+            )
+        for row in output[:, width:].tolist():
+            answer = []
+            for token in row:
+                answer.append(token)
+                if token == eos:
+                    break
+            answers.append(answer)
+    return answers
+
+
+def generate_greedy(
+    base_or_model: LoadedBase | torch.nn.Module,
+    tokenizer: Any,
+    prompts: list[Prompt],
+    max_new_tokens: int = 64,
+    *,
+    batch_size: int = 16,
+) -> list[str]:
+    """Greedy answers as text (special tokens dropped), one per prompt, in order."""
+    model = base_or_model.model if isinstance(base_or_model, LoadedBase) else base_or_model
+    ids = generate_greedy_ids(model, tokenizer, prompts, max_new_tokens, batch_size=batch_size)
+    return [tokenizer.decode(answer, skip_special_tokens=True) for answer in ids]
+
+
+def is_fixed(answer: str, expected: str | None) -> bool | None:
+    """after == expected (ignoring surrounding whitespace); None when nothing is expected."""
+    if expected is None:
+        return None
+    return answer.strip() == expected.strip()
+
+
+def regression_coverage(items: list[EvalItem]) -> dict[str, Any]:
+    """Which kinds of prompt the regression set covers: by topic and tag, else just a count.
+
+    Retain protects behaviours, not just prompts: a topic absent here is unprotected.
+    """
+    regression = [item for item in items if item.kind == "regression"]
+    topics = Counter(item.topic for item in regression if item.topic)
+    tags = Counter(tag for item in regression for tag in item.tags)
+    unlabelled = sum(1 for item in regression if not item.topic and not item.tags)
+    return {
+        "prompts": len(regression),
+        "by_topic": dict(sorted(topics.items())),
+        "by_tag": dict(sorted(tags.items())),
+        "unlabelled": unlabelled,
+    }
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """Counts a user reads first: flagged/heldout fixed, regression unchanged."""
+    summary: dict[str, dict[str, int]] = {}
+    for kind in ("flagged", "heldout", "regression"):
+        of_kind = [row for row in rows if row["kind"] == kind]
+        if not of_kind:
+            continue
+        summary[kind] = {
+            "total": len(of_kind),
+            "with_expected": sum(1 for row in of_kind if row["expected"] is not None),
+            "fixed": sum(1 for row in of_kind if row["fixed"]),
+            "changed": sum(1 for row in of_kind if row["changed"]),
+            "unchanged": sum(1 for row in of_kind if not row["changed"]),
+        }
+    return summary

@@ -1,0 +1,416 @@
+"""Train a LoRA DPO patch — the whole run, top to bottom.
+
+    python -m training.engine train --model DIR --pairs pairs.jsonl --out OUT --eval eval.jsonl
+
+In order: data (tokenize, truncate), model (attach the patch to the one model in memory),
+reference log-probs (once, cached on disk), greedy answers before training, the loop (DPO loss
++ SFT term + retain term, a check of the flagged prompts after every epoch), answers after,
+and saving (adapter, metrics.json, report.json — complete files only).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from training.engine.config import TrainConfig, validate_config
+from training.engine.data import (
+    EncodedPair,
+    EvalItem,
+    encode_pairs,
+    encode_prompt,
+    parse_eval_items,
+)
+from training.engine.errors import Cancelled
+from training.engine.evaluate import (
+    generate_greedy,
+    generate_greedy_ids,
+    is_fixed,
+    regression_coverage,
+    summarize,
+)
+from training.engine.logprobs import completion_logps_concat, pair_logps
+from training.engine.lora import Patch
+from training.engine.losses import preference_losses, reward_metrics
+from training.engine.modeling import LoadedBase, load_base
+from training.engine.refcache import RefLogpCache
+
+ProgressCallback = Callable[[dict[str, Any]], None]
+OUTPUT_FILES = ("adapter_config.json", "adapter_model.safetensors", "metrics.json", "report.json")
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    adapter_files: list[Path]  # adapter_config.json, adapter_model.safetensors
+    metrics_path: Path
+    report_path: Path
+    metrics: dict[str, list[float]]  # per-step series, TRL names
+    report: dict[str, Any]
+    stopped_reason: str  # "all_flagged_fixed" | "epochs_done"
+    stopped_epoch: int  # the last epoch that ran
+    files: list[Path] = field(default_factory=list)
+
+
+class _Run:
+    """Progress reporting and cancellation, checked at every step of every phase."""
+
+    def __init__(
+        self, on_progress: ProgressCallback | None, should_cancel: Callable[[], bool] | None
+    ) -> None:
+        self.on_progress = on_progress
+        self.should_cancel = should_cancel
+
+    def tick(self, phase: str, step: int, total: int, **extra: Any) -> None:
+        if self.should_cancel is not None and self.should_cancel():
+            raise Cancelled(f"cancelled during {phase}")
+        if self.on_progress is not None:
+            self.on_progress({"phase": phase, "step": step, "total": total, **extra})
+
+
+def train(
+    config: TrainConfig,
+    *,
+    pairs: list[dict],
+    out_dir: Path,
+    eval_items: list[dict] | None = None,
+    base: LoadedBase | None = None,
+    on_progress: ProgressCallback | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+) -> TrainResult:
+    """Train a patch on ``pairs`` and write it to ``out_dir``.
+
+    ``base``, when given, is reused and left exactly as it was (the patch is removed without
+    merging, also on error or cancel). Raises EngineError for bad input, Cancelled on cancel.
+    """
+    validate_config(config)
+    items = parse_eval_items(eval_items) if eval_items else []
+    run = _Run(on_progress, should_cancel)
+    if base is None:
+        base = load_base(config.model)
+    _seed_everything(config.seed)
+    tokenizer = base.tokenizer
+    encoded = encode_pairs(
+        tokenizer, pairs, max_length=config.max_length, max_prompt_length=config.max_prompt_length
+    )
+    patch = Patch(base, config)
+    try:
+        return _train_patch(config, patch, encoded, items, Path(out_dir), run)
+    finally:
+        patch.detach()
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _train_patch(
+    config: TrainConfig,
+    patch: Patch,
+    pairs: list[EncodedPair],
+    items: list[EvalItem],
+    out_dir: Path,
+    run: _Run,
+) -> TrainResult:
+    base, model, tokenizer = patch.base, patch.model, patch.base.tokenizer
+    pad_id = tokenizer.pad_token_id
+    timings: dict[str, float] = {}
+
+    # ---- reference log-probs: once per pair, before training, cached across jobs
+    started = time.perf_counter()
+    ref_chosen, ref_rejected, cache_hits = _reference_logps(config, patch, pairs, run)
+    timings["reference_s"] = time.perf_counter() - started
+
+    # ---- answers before training; the regression answers become the retain targets
+    started = time.perf_counter()
+    before_ids = _answer_ids(patch, items, config, run, phase="eval_before")
+    before = [tokenizer.decode(ids, skip_special_tokens=True) for ids in before_ids]
+    retain = [
+        (encode_prompt(tokenizer, item.prompt), ids)
+        for item, ids in zip(items, before_ids, strict=True)
+        if item.kind == "regression" and ids
+    ]
+    timings["eval_before_s"] = time.perf_counter() - started
+    flagged = [item for item in items if item.kind == "flagged" and item.expected is not None]
+
+    # ---- the loop
+    started = time.perf_counter()
+    optimizer = torch.optim.AdamW(
+        patch.trainable_parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
+    steps_per_epoch = math.ceil(len(pairs) / config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    order_rng = random.Random(config.seed)
+    retain_order = list(range(len(retain)))
+    order_rng.shuffle(retain_order)
+    metrics: dict[str, list[float]] = {}
+    epoch_checks: list[dict[str, Any]] = []
+    stopped_reason, stopped_epoch, step = "epochs_done", config.epochs, 0
+    for epoch in range(1, config.epochs + 1):
+        order = list(range(len(pairs)))
+        order_rng.shuffle(order)
+        for start in range(0, len(order), config.batch_size):
+            batch = [pairs[i] for i in order[start : start + config.batch_size]]
+            index = torch.tensor([pair.index for pair in batch])
+            policy = pair_logps(model, batch, pad_id=pad_id, prefix_sharing=config.prefix_sharing)
+            batch_ref_chosen = ref_chosen[index].to(policy.chosen.device)
+            batch_ref_rejected = ref_rejected[index].to(policy.chosen.device)
+            dpo_loss = preference_losses(
+                policy.chosen,
+                policy.rejected,
+                batch_ref_chosen,
+                batch_ref_rejected,
+                loss=config.loss,
+                beta=config.beta,
+                label_smoothing=config.label_smoothing,
+                chosen_tokens=policy.chosen_tokens,
+                rejected_tokens=policy.rejected_tokens,
+            ).mean()
+            nll = -policy.chosen.sum() / policy.chosen_tokens.sum()
+            loss = dpo_loss + config.sft_weight * nll if config.sft_weight else dpo_loss
+            step_metrics = {"dpo_loss": dpo_loss.item(), "nll": nll.item()}
+            if retain and config.retain_weight:
+                prompt_ids, answer_ids = retain[retain_order[step % len(retain)]]
+                logp, tokens = completion_logps_concat(
+                    model, [prompt_ids], [answer_ids], pad_id=pad_id
+                )
+                retain_nll = -logp.sum() / tokens.sum()
+                loss = loss + config.retain_weight * retain_nll
+                step_metrics["retain_nll"] = retain_nll.item()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(patch.trainable_parameters(), config.max_grad_norm)
+            optimizer.step()
+            step += 1
+            step_metrics = {
+                "loss": loss.item(),
+                **reward_metrics(
+                    policy.chosen,
+                    policy.rejected,
+                    batch_ref_chosen,
+                    batch_ref_rejected,
+                    beta=config.beta,
+                ),
+                **step_metrics,
+                "step": step,
+                "epoch": epoch,
+            }
+            for name, value in step_metrics.items():
+                metrics.setdefault(name, []).append(value)
+            run.tick("train", step, total_steps, epoch=epoch, metrics=step_metrics)
+
+        # end of epoch: are all flagged prompts fixed yet? (--epochs is a budget)
+        if config.early_stop and flagged:
+            answers = generate_greedy(
+                model, tokenizer, [item.prompt for item in flagged], config.max_new_tokens
+            )
+            fixed = sum(
+                bool(is_fixed(answer, item.expected))
+                for answer, item in zip(answers, flagged, strict=True)
+            )
+            epoch_checks.append({"epoch": epoch, "flagged_fixed": fixed, "flagged": len(flagged)})
+            run.tick(
+                "train",
+                step,
+                total_steps,
+                epoch=epoch,
+                metrics={"flagged_fixed": fixed, "flagged": len(flagged)},
+            )
+            if fixed == len(flagged):
+                stopped_reason, stopped_epoch = "all_flagged_fixed", epoch
+                break
+    timings["train_s"] = time.perf_counter() - started
+
+    # ---- the patched model: log-probs per pair and answers after training
+    started = time.perf_counter()
+    policy_chosen, policy_rejected = _policy_logps(config, model, pairs, pad_id, run)
+    after_ids = _answer_ids(patch, items, config, run, phase="eval_after")
+    after = [tokenizer.decode(ids, skip_special_tokens=True) for ids in after_ids]
+    timings["eval_after_s"] = time.perf_counter() - started
+
+    eval_rows = [
+        {
+            "line": item.line,
+            "prompt": item.prompt,
+            "kind": item.kind,
+            "expected": item.expected,
+            "topic": item.topic,
+            "tags": item.tags,
+            "before": answer_before,
+            "after": answer_after,
+            "fixed_before": is_fixed(answer_before, item.expected),
+            "fixed": is_fixed(answer_after, item.expected),
+            "changed": answer_after != answer_before,
+        }
+        for item, answer_before, answer_after in zip(items, before, after, strict=True)
+    ]
+    report = {
+        "model": {"path": str(base.path), "identity": base.identity},
+        "stacked_on_adapter": (
+            {"path": str(patch.deployed_path), "identity": patch.deployed_identity}
+            if patch.deployed_path
+            else None
+        ),
+        "config": config.to_dict(),
+        "data": {
+            "pairs": len(pairs),
+            "truncated_pairs": sum(pair.truncated for pair in pairs),
+            "ref_cache_hits": cache_hits,
+            "ref_cache_misses": len(pairs) - cache_hits,
+            "retain_examples": len(retain),
+        },
+        "training": {
+            "steps": step,
+            "epochs_run": stopped_epoch,
+            "epoch_budget": config.epochs,
+            "stopped_epoch": stopped_epoch,
+            "stopped_reason": stopped_reason,
+            "stopped_because": _stop_explanation(stopped_reason, stopped_epoch, flagged, config),
+            "epoch_checks": epoch_checks,
+        },
+        "summary": summarize(eval_rows),
+        "regression_coverage": regression_coverage(items),
+        "timings": {name: round(value, 3) for name, value in timings.items()},
+        "pairs": [
+            {
+                "index": pair.index,
+                "line": pair.line,
+                "truncated": pair.truncated,
+                "ref_logp_chosen": ref_chosen[pair.index].item(),
+                "ref_logp_rejected": ref_rejected[pair.index].item(),
+                "policy_logp_chosen": policy_chosen[pair.index].item(),
+                "policy_logp_rejected": policy_rejected[pair.index].item(),
+            }
+            for pair in pairs
+        ],
+        "eval": eval_rows,
+    }
+
+    # ---- saving: everything goes to a staging folder, then each file is renamed into place
+    run.tick("saving", 0, 1)
+    files = _save(patch, out_dir, metrics, report)
+    run.tick("saving", 1, 1)
+    return TrainResult(
+        out_dir=out_dir,
+        adapter_files=[out_dir / "adapter_config.json", out_dir / "adapter_model.safetensors"],
+        metrics_path=out_dir / "metrics.json",
+        report_path=out_dir / "report.json",
+        metrics=metrics,
+        report=report,
+        stopped_reason=stopped_reason,
+        stopped_epoch=stopped_epoch,
+        files=files,
+    )
+
+
+def _reference_logps(
+    config: TrainConfig, patch: Patch, pairs: list[EncodedPair], run: _Run
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Reference (patch off) log-probs for every pair, from the cache where possible."""
+    model_dtype = str(next(patch.model.parameters()).dtype)
+    namespace = f"{patch.base.identity}|{patch.deployed_identity}|{model_dtype}"
+    cache = RefLogpCache(config.cache_dir(), namespace=namespace)
+    try:
+        cached = cache.get_many(pairs)
+        todo = [pair for pair in pairs if pair.index not in cached]
+        values = dict(cached)
+        batches = range(0, len(todo), config.batch_size)
+        for number, start in enumerate(batches, start=1):
+            batch = todo[start : start + config.batch_size]
+            with torch.inference_mode(), patch.reference() as reference_model:
+                logps = pair_logps(
+                    reference_model,
+                    batch,
+                    pad_id=patch.base.tokenizer.pad_token_id,
+                    prefix_sharing=config.prefix_sharing,
+                )
+            entries = [
+                (pair, chosen, rejected)
+                for pair, chosen, rejected in zip(
+                    batch, logps.chosen.tolist(), logps.rejected.tolist(), strict=True
+                )
+            ]
+            cache.put_many(entries)
+            values.update({pair.index: (chosen, rejected) for pair, chosen, rejected in entries})
+            run.tick("reference", number, len(batches), metrics={"ref_cache_hits": len(cached)})
+    finally:
+        cache.close()
+    chosen = torch.tensor([values[pair.index][0] for pair in pairs], dtype=torch.float32)
+    rejected = torch.tensor([values[pair.index][1] for pair in pairs], dtype=torch.float32)
+    return chosen, rejected, len(cached)
+
+
+def _policy_logps(
+    config: TrainConfig, model: torch.nn.Module, pairs: list[EncodedPair], pad_id: int, run: _Run
+) -> tuple[torch.Tensor, torch.Tensor]:
+    chosen = torch.zeros(len(pairs))
+    rejected = torch.zeros(len(pairs))
+    batches = range(0, len(pairs), config.batch_size)
+    for number, start in enumerate(batches, start=1):
+        batch = pairs[start : start + config.batch_size]
+        with torch.inference_mode():
+            logps = pair_logps(model, batch, pad_id=pad_id, prefix_sharing=config.prefix_sharing)
+        index = torch.tensor([pair.index for pair in batch])
+        chosen[index] = logps.chosen.float().cpu()
+        rejected[index] = logps.rejected.float().cpu()
+        run.tick("eval_after", number, len(batches))
+    return chosen, rejected
+
+
+def _answer_ids(
+    patch: Patch, items: list[EvalItem], config: TrainConfig, run: _Run, *, phase: str
+) -> list[list[int]]:
+    """Greedy answers of the policy (the reference before training: the patch is still zero)."""
+    answers: list[list[int]] = []
+    chunk = 16
+    for start in range(0, len(items), chunk):
+        run.tick(phase, start, len(items))
+        prompts = [item.prompt for item in items[start : start + chunk]]
+        answers += generate_greedy_ids(
+            patch.model, patch.base.tokenizer, prompts, config.max_new_tokens, batch_size=chunk
+        )
+    run.tick(phase, len(items), len(items))
+    return answers
+
+
+def _stop_explanation(reason: str, epoch: int, flagged: list[EvalItem], config: TrainConfig) -> str:
+    if reason == "all_flagged_fixed":
+        return f"all {len(flagged)} flagged prompts gave their expected answer after epoch {epoch}"
+    if not config.early_stop:
+        return f"ran the full budget of {config.epochs} epochs (early stopping is off)"
+    if not flagged:
+        return (
+            f"ran the full budget of {config.epochs} epochs: no flagged eval prompt with an "
+            "expected answer to check"
+        )
+    return f"ran the full budget of {config.epochs} epochs; not every flagged prompt was fixed"
+
+
+def _save(
+    patch: Patch, out_dir: Path, metrics: dict[str, list[float]], report: dict[str, Any]
+) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staging = out_dir / f".partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        patch.save(staging)
+        (staging / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        (staging / "report.json").write_text(json.dumps(report, indent=1, ensure_ascii=False))
+        for name in OUTPUT_FILES:  # report.json last: its presence means the rest is complete
+            os.replace(staging / name, out_dir / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return [out_dir / name for name in OUTPUT_FILES]
