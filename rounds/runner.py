@@ -1,0 +1,126 @@
+"""One generation request on a GPU worker: sample in batches of cases, store as they come.
+
+``rounds.tasks.run_generation`` calls ``run_claimed_generation``. The worker's base model comes
+from ``training.model_cache`` (the one a training job left in memory is reused). Each batch of
+cases is sampled, then stored in one transaction per case, so a cancel or a dead worker keeps
+every candidate stored before it; progress and the cancel flag are read between batches, and a
+heartbeat thread keeps the row alive while a batch is being sampled.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from django.db import close_old_connections, connection
+
+from annotate.models import Case
+from rounds import services
+from rounds.models import GenerationRequest, Purpose
+
+logger = logging.getLogger(__name__)
+
+SEQUENCES_PER_BATCH = 16  # answers sampled in one forward batch (cases × n)
+
+
+class Heartbeat(threading.Thread):
+    """Touches the request's heartbeat every few seconds while sampling holds the main thread."""
+
+    def __init__(self, generation_id: int, every_s: float) -> None:
+        super().__init__(name=f"heartbeat-generation-{generation_id}", daemon=True)
+        self.generation_id, self.every_s = generation_id, every_s
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        try:
+            while not self.stopped.wait(self.every_s):
+                try:
+                    services.generation_heartbeat(generation_id=self.generation_id)
+                except Exception:  # a lost connection must not kill the thread; retry next beat
+                    logger.exception("heartbeat of generation %s failed", self.generation_id)
+                    close_old_connections()
+        finally:
+            connection.close()
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.join(timeout=5)
+
+
+def batches(cases: list[Case], n: int) -> list[list[Case]]:
+    size = max(1, SEQUENCES_PER_BATCH // n)
+    return [cases[start : start + size] for start in range(0, len(cases), size)]
+
+
+def run_claimed_generation(generation: GenerationRequest) -> str:
+    """Sample, store and record one request this worker has claimed; returns its final status."""
+    from training.engine import EngineError
+    from training.services import heartbeat_seconds
+
+    heartbeat = Heartbeat(generation.pk, heartbeat_seconds())
+    heartbeat.start()
+    try:
+        return _run(generation)
+    except EngineError as error:
+        services.generation_fail(generation_id=generation.pk, error=str(error))
+        return "failed"
+    except Exception as error:
+        logger.exception("generation %s failed", generation.pk)
+        services.generation_fail(
+            generation_id=generation.pk,
+            error=(
+                f"Generation stopped on an unexpected error ({type(error).__name__}: {error}). "
+                "The worker's log has the details."
+            ),
+        )
+        return "failed"
+    finally:
+        heartbeat.stop()
+
+
+def _run(generation: GenerationRequest) -> str:
+    from training.engine.generate import sample_candidates
+
+    from training import model_cache
+
+    cases = list(generation.cases.order_by("id"))
+    total = len(cases)
+    services.generation_record_progress(
+        generation_id=generation.pk, progress={"phase": "loading", "step": 0, "total": total}
+    )
+    base, from_memory = model_cache.get_base(generation.model_path)
+    logger.info(
+        "generation %s: base model %s", generation.pk, "from memory" if from_memory else "loaded"
+    )
+    current_round = generation.round if generation.purpose == Purpose.ROUND else None
+    done = 0
+    for batch in batches(cases, generation.n):
+        if services.generation_cancel_requested(generation_id=generation.pk):
+            services.generation_mark_cancelled(generation_id=generation.pk)
+            return "cancelled"
+        services.generation_record_progress(
+            generation_id=generation.pk,
+            progress={"phase": "sampling", "step": done, "total": total},
+        )
+        answers = sample_candidates(
+            base,
+            [case.prompt for case in batch],
+            n=generation.n,
+            temperature=generation.temperature,
+            top_p=generation.top_p,
+            max_new_tokens=generation.max_new_tokens,
+            seed=generation.seed,
+            adapter=generation.adapter_path or None,
+            batch_size=SEQUENCES_PER_BATCH,
+        )
+        for case, texts in zip(batch, answers, strict=True):
+            if current_round is not None:
+                services.round_answer_store(current=current_round, case=case, text=texts[0])
+            else:
+                services.candidates_store(generation=generation, case=case, texts=texts)
+        done += len(batch)
+    services.generation_record_progress(
+        generation_id=generation.pk, progress={"phase": "sampling", "step": done, "total": total}
+    )
+    services.generation_succeed(generation_id=generation.pk)
+    return "succeeded"
