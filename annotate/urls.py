@@ -4,4 +4,12 @@ from annotate import views
 
 urlpatterns = [
     path("", views.home, name="home"),
+    path("projects/new/", views.project_create, name="project_create"),
+    path("p/<slug:slug>/", views.compare, name="compare"),
+    path("p/<slug:slug>/judge/", views.judge, name="judge"),
+    path("p/<slug:slug>/undo/", views.undo, name="undo"),
+    path("p/<slug:slug>/report/", views.project_report, name="project_report"),
+    path("p/<slug:slug>/cases/", views.case_list, name="case_list"),
+    path("p/<slug:slug>/import/", views.case_upload, name="case_upload"),
+    path("p/<slug:slug>/settings/", views.project_settings, name="project_settings"),
 ]

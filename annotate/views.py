@@ -1,8 +1,283 @@
-from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
-from django.views.decorators.http import require_GET
+"""The annotator's and the curator's pages. Thin: a form, one service or selector call, a render.
+
+The compare page is one template with a `pair` partial: a full page on a normal request, only
+the partial when htmx asks (after a judgment or an undo), so the next pair appears without a
+page load and every action still works without JavaScript.
+"""
+
+from dataclasses import dataclass, field
+
+from django.contrib import messages
+from django.core.exceptions import ValidationError
+from django.core.paginator import Paginator
+from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
+from django.shortcuts import get_object_or_404, redirect, render
+from django.template.defaultfilters import pluralize
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django.views.decorators.vary import vary_on_headers
+
+from accounts.roles import curator_required
+from annotate import reports, services
+from annotate.forms import (
+    CaseFilterForm,
+    CaseUploadForm,
+    JudgeForm,
+    ProjectCreateForm,
+    ProjectSettingsForm,
+    Ticket,
+    choice_for,
+    side_for,
+)
+from annotate.importing import MAX_TEXT_CHARS, ImportRejected
+from annotate.models import Choice, Comparison, Judgment, Project
+
+CASES_PER_PAGE = 25
+
+
+def _partial(request: HttpRequest, template: str, name: str) -> str:
+    return f"{template}#{name}" if request.htmx else template
 
 
 @require_GET
 def home(request: HttpRequest) -> HttpResponse:
-    return render(request, "home.html")
+    projects = reports.projects_for_home(user=request.user)
+    return render(request, "home.html", {"projects": projects})
+
+
+# --- Compare ---------------------------------------------------------------------------------
+
+
+@dataclass
+class ScreenSide:
+    screen: str  # "left" | "right"
+    label: str  # what the annotator reads: "A" on the left, "B" on the right
+    response: object
+
+
+@dataclass
+class PairItem:
+    """One comparison as this annotator sees it: sides in their order, and the editor's start."""
+
+    comparison: Comparison
+    ticket: str
+    sides: list[ScreenSide]
+    messages: list[dict] | None
+    prompt_text: str
+    start_from: str = "left"
+    edit_text: str = ""
+    edited: bool = False
+    raw_texts: dict = field(default_factory=dict)
+
+
+def _pair_item(
+    *, comparison: Comparison, shown_left: str, user, undone: Judgment | None = None
+) -> PairItem:
+    left, right = (
+        (comparison.response_a, comparison.response_b)
+        if shown_left == "a"
+        else (comparison.response_b, comparison.response_a)
+    )
+    prompt = comparison.case.prompt
+    ticket = Ticket.issue(comparison_id=comparison.pk, shown_left=shown_left, user_id=user.pk)
+    item = PairItem(
+        comparison=comparison,
+        ticket=ticket.sign(),
+        sides=[ScreenSide("left", "A", left), ScreenSide("right", "B", right)],
+        messages=prompt if isinstance(prompt, list) else None,
+        prompt_text=prompt if isinstance(prompt, str) else "",
+        raw_texts={"left": left.text, "right": right.text},
+    )
+    # The editor starts from the better side: the one chosen last on this pair, else A.
+    if undone is not None:
+        item.start_from = side_for(undone.choice, shown_left) or "left"
+        item.edited = bool(undone.edited)
+    item.edit_text = undone.edited if undone and undone.edited else item.raw_texts[item.start_from]
+    return item
+
+
+def _project_for_annotator(request: HttpRequest, slug: str) -> Project:
+    """The project, if this user may label it: 403 when it is restricted to other members."""
+    project = get_object_or_404(Project, slug=slug)
+    services.require_project_access(project=project, user=request.user)
+    return project
+
+
+def _render_pair(
+    request: HttpRequest,
+    project: Project,
+    *,
+    item: PairItem | None = None,
+    notice: str = "",
+    notice_kind: str = "info",
+) -> HttpResponse:
+    if item is None:
+        leased = services.lease_next_comparison(project=project, annotator=request.user)
+        if leased is not None:
+            comparison, _lease, shown_left = leased
+            item = _pair_item(comparison=comparison, shown_left=shown_left, user=request.user)
+    context = {
+        "project": project,
+        "item": item,
+        "notice": notice,
+        "notice_kind": notice_kind,
+        "max_text_length": MAX_TEXT_CHARS,
+    }
+    return render(request, _partial(request, "annotate/compare.html", "pair"), context)
+
+
+def _comparison(project: Project, comparison_id: int) -> Comparison:
+    return get_object_or_404(
+        Comparison.objects.select_related("case", "response_a", "response_b"),
+        pk=comparison_id,
+        project=project,
+    )
+
+
+@require_GET
+@vary_on_headers("HX-Request")
+def compare(request: HttpRequest, slug: str) -> HttpResponse:
+    project = _project_for_annotator(request, slug)
+    return _render_pair(request, project)
+
+
+@require_POST
+@vary_on_headers("HX-Request")
+def judge(request: HttpRequest, slug: str) -> HttpResponse:
+    project = _project_for_annotator(request, slug)
+    form = JudgeForm(request.POST, user=request.user)
+    if not form.is_valid():
+        reasons = "; ".join(error for errors in form.errors.values() for error in errors)
+        if request.htmx:
+            return _render_pair(request, project, notice=reasons, notice_kind="error")
+        return HttpResponseBadRequest(reasons)
+    ticket: Ticket = form.cleaned_data["ticket"]
+    comparison = _comparison(project, ticket.comparison_id)
+    choice = choice_for(form.cleaned_data["pick"], ticket.shown_left)
+    try:
+        judgment, _created = services.judgment_submit(
+            comparison=comparison,
+            annotator=request.user,
+            choice=choice,
+            edited=form.cleaned_data["edited"],
+            shown_left=ticket.shown_left,
+            duration_ms=ticket.duration_ms(),
+        )
+    except ValidationError as exc:
+        notice, kind = " ".join(exc.messages), "error"
+    except (services.JudgmentConflict, services.ComparisonTaken) as exc:
+        notice, kind = str(exc), "error"
+    else:
+        screen = {"left": "A better", "right": "B better"}
+        label = screen.get(side_for(choice, ticket.shown_left) or "", Choice(choice).label)
+        notice = f"Saved: {label}{' with your correct answer' if judgment.edited else ''}."
+        kind = "success"
+    if not request.htmx:
+        (messages.success if kind == "success" else messages.error)(request, notice)
+        return redirect("compare", slug=project.slug)
+    return _render_pair(request, project, notice=notice, notice_kind=kind)
+
+
+@require_POST
+@vary_on_headers("HX-Request")
+def undo(request: HttpRequest, slug: str) -> HttpResponse:
+    project = _project_for_annotator(request, slug)
+    undone = services.judgment_undo(annotator=request.user, project=project)
+    if not request.htmx:
+        # The undone comparison is leased back to this annotator, so the page shows it next.
+        messages.info(request, "Undone." if undone else "Nothing to undo.")
+        return redirect("compare", slug=project.slug)
+    if undone is None:
+        return _render_pair(request, project, notice="Nothing to undo.")
+    comparison = _comparison(project, undone.comparison_id)
+    item = _pair_item(
+        comparison=comparison, shown_left=undone.shown_left, user=request.user, undone=undone
+    )
+    side = side_for(undone.choice, undone.shown_left)
+    was = {"left": "A better", "right": "B better"}.get(side or "", Choice(undone.choice).label)
+    return _render_pair(
+        request, project, item=item, notice=f"Undone: {was}. Judge this pair again."
+    )
+
+
+# --- Projects (curators) -------------------------------------------------------------------------
+
+
+@curator_required
+@require_http_methods(["GET", "POST"])
+def project_create(request: HttpRequest) -> HttpResponse:
+    form = ProjectCreateForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        project = services.project_create(**form.cleaned_data, actor=request.user)
+        messages.success(request, f"Project {project.name} created. Import cases next.")
+        return redirect("case_upload", slug=project.slug)
+    return render(request, "annotate/project_form.html", {"form": form, "project": None})
+
+
+@curator_required
+@require_http_methods(["GET", "POST"])
+def project_settings(request: HttpRequest, slug: str) -> HttpResponse:
+    project = get_object_or_404(Project, slug=slug)
+    form = ProjectSettingsForm(request.POST or None, instance=project)
+    if request.method == "POST" and form.is_valid():
+        services.project_update(
+            project=project,
+            name=form.cleaned_data["name"],
+            guidelines=form.cleaned_data["guidelines"],
+            overlap=form.cleaned_data["overlap"],
+            restricted=form.cleaned_data["restricted"],
+            members=list(form.cleaned_data["members"]),
+            actor=request.user,
+        )
+        messages.success(request, "Settings saved.")
+        return redirect("project_settings", slug=project.slug)
+    return render(request, "annotate/project_form.html", {"form": form, "project": project})
+
+
+@curator_required
+@require_GET
+def project_report(request: HttpRequest, slug: str) -> HttpResponse:
+    project = get_object_or_404(Project, slug=slug)
+    report = reports.project_report(project=project)
+    return render(request, "annotate/project_report.html", {"project": project, "report": report})
+
+
+@curator_required
+@require_GET
+@vary_on_headers("HX-Request")
+def case_list(request: HttpRequest, slug: str) -> HttpResponse:
+    project = get_object_or_404(Project, slug=slug)
+    form = CaseFilterForm(request.GET)
+    filters = form.cleaned_data if form.is_valid() else {}
+    cases = reports.cases_filtered(project=project, filters=filters)
+    page = Paginator(cases, CASES_PER_PAGE).get_page(request.GET.get("page"))
+    query = request.GET.copy()
+    query.pop("page", None)
+    context = {"project": project, "form": form, "page": page, "query": query.urlencode()}
+    return render(request, _partial(request, "annotate/case_list.html", "cases"), context)
+
+
+@curator_required
+@require_http_methods(["GET", "POST"])
+def case_upload(request: HttpRequest, slug: str) -> HttpResponse:
+    project = get_object_or_404(Project, slug=slug)
+    form = CaseUploadForm(request.POST or None, request.FILES or None)
+    errors: list[str] = []
+    if request.method == "POST" and form.is_valid():
+        upload = form.cleaned_data["file"]
+        try:
+            result = services.cases_import(
+                project=project, file_name=upload.name, data=upload.read(), actor=request.user
+            )
+        except ImportRejected as exc:
+            errors = exc.messages()
+        else:
+            messages.success(
+                request,
+                f"Imported {upload.name}: {result.cases} case{pluralize(result.cases)}, "
+                f"{result.comparisons} comparison{pluralize(result.comparisons)} "
+                f"({result.labelled_pairs} of them already labelled).",
+            )
+            return redirect("case_list", slug=project.slug)
+    status = 400 if request.method == "POST" else 200
+    context = {"project": project, "form": form, "errors": errors}
+    return render(request, "annotate/case_upload.html", context, status=status)

@@ -1,0 +1,140 @@
+"""Forms of the annotation pages. They validate input; the writes happen in annotate.services."""
+
+import time
+from dataclasses import dataclass
+
+from django import forms
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core import signing
+from django.template.defaultfilters import filesizeformat
+
+from annotate.importing import MAX_TEXT_CHARS
+from annotate.models import Project, Split
+
+_TICKET_SALT = "annotate.compare.ticket"
+PICKS = ("left", "right", "tie", "both_bad")
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """What the page was showing when the annotator judged: which pair, which side on the left,
+    and since when (the time spent is measured on the server from this)."""
+
+    comparison_id: int
+    shown_left: str
+    shown_at_ms: int
+    user_id: int
+
+    def sign(self) -> str:
+        return signing.dumps(
+            [self.comparison_id, self.shown_left, self.shown_at_ms, self.user_id],
+            salt=_TICKET_SALT,
+        )
+
+    @classmethod
+    def issue(cls, *, comparison_id: int, shown_left: str, user_id: int) -> "Ticket":
+        return cls(comparison_id, shown_left, int(time.time() * 1000), user_id)
+
+    def duration_ms(self) -> int | None:
+        elapsed = int(time.time() * 1000) - self.shown_at_ms
+        # Longer than a day is someone who walked away, not time spent on the pair.
+        return elapsed if 0 <= elapsed <= 24 * 3600 * 1000 else None
+
+
+def choice_for(pick: str, shown_left: str) -> str:
+    """Screen side to the comparison's a/b: "left" is whichever response was shown on the left."""
+    if pick == "left":
+        return shown_left
+    if pick == "right":
+        return "b" if shown_left == "a" else "a"
+    return pick
+
+
+def side_for(choice: str, shown_left: str) -> str | None:
+    """The comparison's a/b back to the screen side this annotator saw it on."""
+    if choice not in ("a", "b"):
+        return None
+    return "left" if choice == shown_left else "right"
+
+
+class JudgeForm(forms.Form):
+    ticket = forms.CharField()
+    pick = forms.ChoiceField(choices=[(p, p) for p in PICKS])
+    edited = forms.CharField(required=False, strip=False, max_length=MAX_TEXT_CHARS)
+
+    def __init__(self, *args, user, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.user = user
+
+    def clean_ticket(self) -> Ticket:
+        try:
+            comparison_id, shown_left, shown_at_ms, user_id = signing.loads(
+                self.cleaned_data["ticket"], salt=_TICKET_SALT
+            )
+        except (signing.BadSignature, ValueError, TypeError) as exc:
+            raise forms.ValidationError("This page is out of date; reload it.") from exc
+        if user_id != self.user.pk or shown_left not in ("a", "b"):
+            raise forms.ValidationError("This page was opened by someone else; reload it.")
+        return Ticket(comparison_id, shown_left, shown_at_ms, user_id)
+
+    def clean_edited(self) -> str:
+        return self.cleaned_data["edited"].strip()
+
+
+class ProjectCreateForm(forms.Form):
+    name = forms.CharField(max_length=200)
+    slug = forms.SlugField(max_length=100, help_text="Used in URLs and the API: letters, digits, -")
+    guidelines = forms.CharField(
+        required=False, widget=forms.Textarea, help_text="Markdown, shown to annotators."
+    )
+    overlap = forms.IntegerField(
+        min_value=1, max_value=20, initial=1, help_text="How many annotators judge each pair."
+    )
+    restricted = forms.BooleanField(
+        required=False, help_text="Only the members chosen in the settings may label it."
+    )
+
+    def clean_slug(self) -> str:
+        slug = self.cleaned_data["slug"]
+        if Project.objects.filter(slug=slug).exists():
+            raise forms.ValidationError(f"A project with the slug “{slug}” already exists.")
+        return slug
+
+
+class ProjectSettingsForm(forms.ModelForm):
+    class Meta:
+        model = Project
+        fields = ["name", "guidelines", "overlap", "restricted", "members"]
+        widgets = {"members": forms.CheckboxSelectMultiple}
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["overlap"].min_value = 1
+        self.fields["members"].queryset = get_user_model().objects.filter(is_active=True)
+        self.fields["members"].help_text = "Who may label this project when it is restricted."
+
+
+class CaseUploadForm(forms.Form):
+    file = forms.FileField(help_text="JSONL or CSV, one case or pair per line.")
+
+    def clean_file(self):
+        upload = self.cleaned_data["file"]
+        limit = settings.PATCHWISE_MAX_UPLOAD_BYTES
+        if upload.size > limit:
+            raise forms.ValidationError(
+                f"{upload.name} is {filesizeformat(upload.size)}; "
+                f"the limit is {filesizeformat(limit)}. "
+                "Split it into smaller files and upload them one by one."
+            )
+        return upload
+
+
+class CaseFilterForm(forms.Form):
+    """The filters of the case list; every field is optional and bad values are ignored."""
+
+    YES_NO = [("", "any"), ("yes", "yes"), ("no", "no")]
+    flagged = forms.ChoiceField(choices=YES_NO, required=False)
+    split = forms.ChoiceField(choices=[("", "any"), *Split.choices], required=False)
+    tag = forms.CharField(required=False, max_length=100)
+    judged = forms.ChoiceField(choices=YES_NO, required=False)

@@ -1,0 +1,108 @@
+// Keyboard shortcuts for the compare page. Every key clicks a button that is also on the page,
+// so the mouse, the keys and a browser without JavaScript all submit the same forms.
+//   1 A better · 2 B better · 3 tie · 4 both bad · e edit the correct answer · z undo · ? keys
+// Keys are ignored while typing; in the editor, Esc leaves it and Ctrl/Cmd+Enter saves.
+(function () {
+  "use strict";
+
+  let busy = false; // one judgment in flight at a time: a double press must not judge twice
+
+  function pair() {
+    return document.getElementById("pair");
+  }
+
+  function buttonFor(key) {
+    const root = pair();
+    return root ? root.querySelector('[data-key="' + key + '"]') : null;
+  }
+
+  function texts() {
+    const node = document.getElementById("pair-texts");
+    return node ? JSON.parse(node.textContent) : { left: "", right: "" };
+  }
+
+  function openEditor() {
+    const editor = document.getElementById("editor");
+    if (!editor) return;
+    editor.open = true;
+    const area = editor.querySelector("textarea");
+    area.focus();
+    area.setSelectionRange(area.value.length, area.value.length);
+  }
+
+  function closeEditor(area) {
+    area.blur();
+    const editor = document.getElementById("editor");
+    if (editor) editor.open = false;
+  }
+
+  function toggleHelp() {
+    const help = document.getElementById("keys-help");
+    if (help) help.open = !help.open;
+  }
+
+  // "Start from A/B" in the editor: replace the text and record which side it builds on.
+  document.addEventListener("click", function (event) {
+    const source = event.target.closest("[data-start-from]");
+    if (!source) return;
+    event.preventDefault();
+    const side = source.dataset.startFrom;
+    const form = source.closest("form");
+    form.querySelector("textarea").value = texts()[side];
+    form.querySelector('input[name="pick"]').value = side;
+    form.querySelector("textarea").focus();
+  });
+
+  // Opening the editor by mouse also puts the cursor in it.
+  document.addEventListener(
+    "toggle",
+    function (event) {
+      if (event.target.id === "editor" && event.target.open) {
+        event.target.querySelector("textarea").focus();
+      }
+    },
+    true,
+  );
+
+  document.addEventListener("keydown", function (event) {
+    const target = event.target;
+    const typing = target.closest && target.closest("textarea, input, select, [contenteditable]");
+    if (typing) {
+      if (event.key === "Escape") {
+        event.preventDefault();
+        closeEditor(target);
+      } else if (event.key === "Enter" && (event.ctrlKey || event.metaKey) && target.form) {
+        event.preventDefault();
+        if (!busy) target.form.requestSubmit();
+      }
+      return;
+    }
+    if (event.ctrlKey || event.metaKey || event.altKey || event.repeat) return;
+    const key = event.key.toLowerCase();
+    if (key === "?") {
+      event.preventDefault();
+      toggleHelp();
+    } else if (key === "e") {
+      event.preventDefault();
+      openEditor();
+    } else if (["1", "2", "3", "4", "z"].includes(key)) {
+      const button = buttonFor(key);
+      if (!button || button.disabled || busy) return;
+      event.preventDefault();
+      button.click();
+    }
+  });
+
+  document.addEventListener("htmx:beforeRequest", function () {
+    busy = true;
+  });
+  document.addEventListener("htmx:afterRequest", function () {
+    busy = false;
+  });
+  // After a swap, keys go to the new pair, not to a button that has left the page.
+  document.addEventListener("htmx:afterSettle", function () {
+    if (document.activeElement && !document.body.contains(document.activeElement)) {
+      document.body.focus();
+    }
+  });
+})();
