@@ -633,16 +633,26 @@ def round_answer_store(*, current: Round, case: Case, text: str) -> RoundAnswer 
     return answer
 
 
-def round_requeue_failing(*, current: Round, actor: AbstractBaseUser) -> list[int]:
-    """Keep the cases the round did not fix in the next patch's data: a training case whose new
-    answer lost (or was judged both bad) stays flagged. Returns the case ids it (re)flagged."""
+def round_requeue_failing(
+    *, current: Round, actor: AbstractBaseUser, sampling: SamplingSettings | None = None
+) -> GenerationRequest:
+    """Send the training cases this round did not fix back to the queue for the next patch:
+    they stay (or become again) flagged, and N fresh candidates from this round's adapter are
+    sampled for them, so annotators can pick or write a better answer to train on. Held-out
+    cases are left alone: labelling them would leak them into training."""
     from rounds.selectors import still_failing_cases
 
     require_curator(actor)
-    flagged = []
+    if current.job is None:
+        raise GenerationRefused("round 0 is the deployed model; there is nothing to re-queue")
+    failing = [case for case in still_failing_cases(current=current) if case.split == Split.TRAIN]
+    if not failing:
+        raise GenerationRefused(
+            f"no training case of round {current.number} is still failing (so far)"
+        )
     with transaction.atomic():
-        for case in still_failing_cases(current=current):
-            if case.split == Split.TRAIN and not case.flagged:
+        for case in failing:
+            if not case.flagged:
                 case.flagged = True
                 case.full_clean()
                 case.save(update_fields=["flagged"])
@@ -653,8 +663,14 @@ def round_requeue_failing(*, current: Round, actor: AbstractBaseUser) -> list[in
                     old_value={"flagged": False},
                     new_value={"flagged": True, "round": current.number},
                 )
-                flagged.append(case.pk)
-    return flagged
+        return generation_create(
+            project=current.project,
+            actor=actor,
+            cases=failing,
+            selection={"kind": "still_failing", "round": current.number},
+            job=current.job,
+            sampling=sampling,
+        )
 
 
 def validation_message(error: ValidationError) -> str:

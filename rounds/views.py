@@ -1,0 +1,173 @@
+"""Curator pages: the rounds timeline with "Next round", the candidate form, one generation live.
+
+Every page here is for curators: it names which answer came from which model, which is exactly
+what annotators judging blind comparisons must not see. The generation page and its live
+fragment are one template (``{% partialdef live %}``); htmx polls it while the request runs.
+"""
+
+from django.contrib import messages
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django.views.decorators.vary import vary_on_headers
+
+from accounts.roles import curator_required
+from annotate.models import Project
+from rounds import selectors, services
+from rounds.forms import GenerationForm
+from rounds.models import GenerationRequest, Round
+
+
+def _project(slug: str) -> Project:
+    return get_object_or_404(Project, slug=slug)
+
+
+@require_GET
+@curator_required
+def project_rounds(request: HttpRequest, slug: str) -> HttpResponse:
+    project = _project(slug)
+    context = {
+        "project": project,
+        "timeline": selectors.rounds_timeline(project=project),
+        "ready_jobs": list(selectors.jobs_ready_for_round(project=project)),
+        "generations": list(selectors.generations_for_project(project=project)[:20]),
+    }
+    return render(request, "rounds/project_rounds.html", context)
+
+
+@require_POST
+@curator_required
+def round_next(request: HttpRequest, slug: str) -> HttpResponse:
+    project = _project(slug)
+    job = selectors.jobs_ready_for_round(project=project).filter(pk=request.POST.get("job")).first()
+    if job is None:
+        messages.error(request, "Pick a succeeded job that has no round yet.")
+        return redirect("rounds:project_rounds", slug=slug)
+    try:
+        new_round = services.round_next(project=project, job=job, actor=request.user)
+    except services.GenerationRefused as refused:
+        messages.error(request, f"Cannot start the round: {refused}")
+        return redirect("rounds:project_rounds", slug=slug)
+    messages.success(
+        request,
+        f"Round {new_round.number} started: answers from job {job.pk} are being generated; "
+        "their blind comparisons join the labelling queue as they come.",
+    )
+    return redirect("rounds:round_detail", round_id=new_round.pk)
+
+
+@require_http_methods(["GET", "POST"])
+@curator_required
+def generation_launch(request: HttpRequest, slug: str) -> HttpResponse:
+    project = _project(slug)
+    jobs = selectors.succeeded_jobs(project=project)
+    initial = {}
+    if request.GET.get("case"):
+        initial = {"scope": "case", "case_id": request.GET["case"]}
+    form = GenerationForm(request.POST or None, jobs=jobs, initial=initial)
+    status = 200
+    if request.method == "POST":
+        if form.is_valid():
+            data = form.cleaned_data
+            try:
+                cases = selectors.cases_for_selection(
+                    project=project,
+                    scope=data["scope"],
+                    split=data["split"],
+                    tag=data["tag"],
+                    case_id=data["case_id"],
+                )
+                generation = services.generation_create(
+                    project=project,
+                    actor=request.user,
+                    cases=cases,
+                    selection=_selection(data),
+                    model_path=data["model"] or None,
+                    job=data["job"],
+                    sampling=form.sampling(),
+                )
+            except (selectors.SelectionError, services.GenerationRefused) as refused:
+                form.add_error(None, f"Cannot generate: {refused}")
+            else:
+                messages.success(
+                    request, f"Generation {generation.pk} queued for {len(cases)} cases."
+                )
+                return redirect("rounds:generation_detail", generation_id=generation.pk)
+        status = 400
+    context = {"project": project, "form": form}
+    return render(request, "rounds/generation_form.html", context, status=status)
+
+
+def _selection(data: dict) -> dict:
+    scope = data["scope"]
+    if scope == "filter":
+        return {"kind": "filter", "split": data["split"], "tag": data["tag"]}
+    if scope == "case":
+        return {"kind": "case", "case_id": data["case_id"]}
+    return {"kind": scope}
+
+
+@require_GET
+@curator_required
+@vary_on_headers("HX-Request")
+def generation_detail(request: HttpRequest, generation_id: int) -> HttpResponse:
+    generation = get_object_or_404(
+        GenerationRequest.objects.select_related("project", "adapter_job", "created_by"),
+        pk=generation_id,
+    )
+    template = "rounds/generation_detail.html"
+    return render(
+        request, f"{template}#live" if request.htmx else template, {"generation": generation}
+    )
+
+
+@require_POST
+@curator_required
+def generation_cancel(request: HttpRequest, generation_id: int) -> HttpResponse:
+    generation = get_object_or_404(GenerationRequest, pk=generation_id)
+    try:
+        services.generation_cancel(generation=generation, actor=request.user)
+    except services.GenerationRefused as refused:
+        messages.error(request, str(refused))
+    else:
+        messages.success(request, f"Cancel requested for generation {generation.pk}.")
+    return redirect("rounds:generation_detail", generation_id=generation.pk)
+
+
+def _round(round_id: int) -> Round:
+    current = Round.objects.select_related("project", "job", "generation").filter(pk=round_id)
+    found = current.first()
+    if found is None:
+        raise Http404(f"No round {round_id}.")
+    return found
+
+
+@require_GET
+@curator_required
+def round_detail(request: HttpRequest, round_id: int) -> HttpResponse:
+    current = _round(round_id)
+    timeline = selectors.rounds_timeline(project=current.project)
+    row = next(row for row in timeline if row.round.pk == current.pk)
+    context = {
+        "project": current.project,
+        "round": current,
+        "row": row,
+        "answers": selectors.round_answers(current=current),
+    }
+    return render(request, "rounds/round_detail.html", context)
+
+
+@require_POST
+@curator_required
+def round_requeue(request: HttpRequest, round_id: int) -> HttpResponse:
+    current = _round(round_id)
+    try:
+        generation = services.round_requeue_failing(current=current, actor=request.user)
+    except services.GenerationRefused as refused:
+        messages.error(request, str(refused))
+        return redirect("rounds:round_detail", round_id=current.pk)
+    messages.success(
+        request,
+        f"Still-failing cases queued for new candidates (generation {generation.pk}).",
+    )
+    return redirect("rounds:generation_detail", generation_id=generation.pk)
