@@ -1,8 +1,14 @@
 """Celery tasks of the training app. They take ids, name their queue, and stay thin."""
 
+import logging
 import platform
 
 from celery import shared_task
+from celery.signals import worker_ready
+
+from training import services
+
+logger = logging.getLogger(__name__)
 
 
 @shared_task(name="training.probe_worker", queue="gpu")
@@ -17,3 +23,35 @@ def probe_worker() -> dict:
     if torch.cuda.is_available():
         info.update(cuda=True, device=torch.cuda.get_device_name(0))
     return info
+
+
+@shared_task(bind=True, name="training.run_job", queue="gpu", acks_late=True)
+def run_job(self, job_id: int) -> str:
+    """Claim job ``job_id`` and train it. Delivered twice (acks_late), it runs once: the second
+    delivery finds the row no longer queued and returns "skipped"."""
+    from training.runner import run_claimed_job
+
+    worker_name = self.request.hostname or platform.node()
+    job = services.job_claim(job_id=job_id, worker_name=worker_name)
+    if job is None:
+        return "skipped"
+    return run_claimed_job(job)
+
+
+@shared_task(name="training.reap_stale_jobs", queue="default")
+def reap_stale_jobs() -> list[int]:
+    """Fail running jobs whose worker stopped sending heartbeats (run every minute by beat)."""
+    return services.job_reap_stale()
+
+
+@worker_ready.connect
+def reap_jobs_left_by_this_worker(sender=None, **kwargs) -> None:
+    """A worker that starts again under the same name cannot still be running its old jobs."""
+    worker_name = getattr(sender, "hostname", None)
+    try:
+        reaped = services.job_reap_stale(worker_name=worker_name)
+    except Exception:  # a worker must start even if the database is briefly away
+        logger.exception("could not reap stale jobs at worker start")
+        return
+    if reaped:
+        logger.warning("failed jobs %s left running by a dead worker", reaped)

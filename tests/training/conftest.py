@@ -1,0 +1,119 @@
+"""Fixtures of the job tests: the demo model (built once, cached across runs), a project
+holding the demo scenario, and a worker whose artifacts land where the test looks."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+# Shared across runs (and test sessions): building the demo model takes a minute or two.
+CACHE = Path(os.environ.get("PATCHWISE_TEST_CACHE", ROOT / "var" / "test-cache"))
+
+
+def cached_demo_model() -> Path:
+    """The demo model folder, built by training.engine.demo on first use, under a file lock so
+    parallel sessions build it once."""
+    from training.engine.demo import build_demo_model
+
+    target = CACHE / "demo-model"
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with (CACHE / "demo-model.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (target / "scenario" / "eval.jsonl").is_file():
+            staging = CACHE / f"demo-model.building-{os.getpid()}"
+            shutil.rmtree(staging, ignore_errors=True)
+            build_demo_model(staging)
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(staging, target)
+    return target
+
+
+@pytest.fixture(scope="session")
+def demo_model() -> Path:
+    return cached_demo_model()
+
+
+def scenario_rows(model_dir: Path) -> list[dict]:
+    lines = (model_dir / "scenario" / "cases.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def judge_all(project, annotator) -> None:
+    """The annotator prefers the human (better) answer in every comparison of the project."""
+    from annotate.models import Comparison
+    from annotate.services import judgment_submit
+
+    for comparison in Comparison.objects.filter(project=project).select_related("response_a"):
+        choice = "a" if comparison.response_a.origin == "human" else "b"
+        judgment_submit(comparison=comparison, annotator=annotator, choice=choice)
+
+
+def make_project(model_dir: Path, *, judge, slug: str = "shop", flagged: int | None = 2,
+                 heldout: int = 2, regression: int = 4):  # fmt: skip
+    """A project with a few of the demo's flagged, held-out and regression cases (few, so the
+    job stays fast), built through annotate's services and judged by ``judge``."""
+    from annotate.services import case_create, project_create
+
+    project = project_create(name=f"Shop {slug}", slug=slug)
+    limits = {"train": flagged, "heldout": heldout, "regression": regression}
+    taken = {"train": 0, "heldout": 0, "regression": 0}
+    for row in scenario_rows(model_dir):
+        split = row.get("split", "train")
+        if limits[split] is not None and taken[split] >= limits[split]:
+            continue
+        taken[split] += 1
+        case_create(
+            project=project,
+            prompt=row["prompt"],
+            response=row.get("response"),
+            better_response=row.get("better_response"),
+            split=split,
+            topic=row.get("topic") or "",
+            source="demo",
+        )
+    judge_all(project, judge)
+    return project
+
+
+@pytest.fixture
+def artifact_root(tmp_path, settings) -> Path:
+    root = tmp_path / "artifacts"
+    root.mkdir()
+    settings.ARTIFACT_ROOT = root
+    return root
+
+
+@pytest.fixture
+def gpu_worker(start_worker, artifact_root, demo_model, tmp_path):
+    """A worker on both queues sharing the test's artifact folder and reference cache."""
+
+    def start(**env: str):
+        return start_worker(
+            queues="gpu,default",
+            env={
+                "ARTIFACT_ROOT": str(artifact_root),
+                "PATCHWISE_CACHE_DIR": str(tmp_path / "refcache"),
+                "PATCHWISE_BASE_MODEL": str(demo_model),
+                **env,
+            },
+        )
+
+    return start
+
+
+def wait_for(predicate, *, timeout: float = 240, every: float = 0.25, what: str = "condition"):
+    """Poll until predicate() is truthy (its value is returned); fail naming what never came."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    pytest.fail(f"timed out waiting for {what}")

@@ -1,0 +1,97 @@
+"""Line charts drawn as SVG on the server: no JavaScript, nothing for the CSP to allow.
+
+Colours and strokes are SVG presentation attributes (not ``style=``), which CSP's style-src
+does not govern.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import SafeString
+
+WIDTH, HEIGHT = 360, 170
+LEFT, RIGHT, TOP, BOTTOM = 44, 10, 24, 22
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.3g}"
+
+
+def line_chart(
+    series: Sequence[dict[str, Any]], key: str, *, title: str | None = None, colour: str = "#2f5bd3"
+) -> SafeString:
+    """An SVG line of ``row[key]`` against ``row["step"]`` for the rows that have it."""
+    points = [(row["step"], row[key]) for row in series if row.get(key) is not None]
+    title = title or key
+    header = format_html(
+        '<svg class="chart" viewBox="0 0 {} {}" width="{}" height="{}" role="img" '
+        'aria-label="{}"><title>{}</title>'
+        '<text x="{}" y="15" font-size="12" font-weight="600" fill="#1c2330">{}</text>',
+        WIDTH, HEIGHT, WIDTH, HEIGHT, title, title, LEFT, title,
+    )  # fmt: skip
+    if not points:
+        body = format_html(
+            '<text x="{}" y="{}" font-size="12" fill="#5b6577">no steps yet</text>',
+            LEFT,
+            HEIGHT // 2,
+        )
+        return format_html("{}{}</svg>", header, body)
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    x_min, x_max = min(xs), max(xs)
+    y_min, y_max = min(ys), max(ys)
+    if y_max == y_min:
+        y_min, y_max = y_min - 0.5, y_max + 0.5
+    if x_max == x_min:
+        x_max = x_min + 1
+    plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
+
+    def sx(x: float) -> float:
+        return LEFT + (x - x_min) / (x_max - x_min) * plot_w
+
+    def sy(y: float) -> float:
+        return TOP + (1 - (y - y_min) / (y_max - y_min)) * plot_h
+
+    path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in points)
+    axes = format_html(
+        '<line x1="{l}" y1="{b}" x2="{r}" y2="{b}" stroke="#dde2ea"/>'
+        '<line x1="{l}" y1="{t}" x2="{l}" y2="{b}" stroke="#dde2ea"/>'
+        '<text x="{lt}" y="{ty}" font-size="10" text-anchor="end" fill="#5b6577">{ymax}</text>'
+        '<text x="{lt}" y="{b}" font-size="10" text-anchor="end" fill="#5b6577">{ymin}</text>'
+        '<text x="{l}" y="{xl}" font-size="10" fill="#5b6577">step {xmin}</text>'
+        '<text x="{r}" y="{xl}" font-size="10" text-anchor="end" fill="#5b6577">{xmax}</text>',
+        l=LEFT, r=WIDTH - RIGHT, t=TOP, b=HEIGHT - BOTTOM, lt=LEFT - 4, ty=TOP + 8,
+        xl=HEIGHT - 6, ymax=_fmt(y_max), ymin=_fmt(y_min), xmin=x_min, xmax=x_max,
+    )  # fmt: skip
+    zero = ""
+    if y_min < 0 < y_max:
+        zero = format_html(
+            '<line x1="{}" y1="{:.1f}" x2="{}" y2="{:.1f}" stroke="#dde2ea" '
+            'stroke-dasharray="3 3"/>',
+            LEFT, sy(0), WIDTH - RIGHT, sy(0),
+        )  # fmt: skip
+    line = format_html(
+        '<polyline points="{}" fill="none" stroke="{}" stroke-width="2"/>', path, colour
+    )
+    last = format_html(
+        '<text x="{}" y="15" font-size="11" text-anchor="end" fill="{}">last {}</text>',
+        WIDTH - RIGHT, colour, _fmt(ys[-1]),
+    )  # fmt: skip
+    return format_html("{}{}{}{}{}</svg>", header, axes, zero, line, last)
+
+
+CHARTS = (
+    ("loss", "loss", "#2f5bd3"),
+    ("rewards/margins", "rewards/margins", "#1d8a4e"),
+    ("rewards/accuracies", "rewards/accuracies", "#b7791f"),
+)
+
+
+def job_charts(series: Sequence[dict[str, Any]]) -> SafeString:
+    return format_html_join(
+        "",
+        "{}",
+        ((line_chart(series, key, title=title, colour=colour),) for key, title, colour in CHARTS),
+    )

@@ -1,0 +1,57 @@
+"""The launch form: the model to patch, good defaults, and an advanced fold."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.conf import settings
+
+from training.engine.config import LOSSES, TrainConfig
+
+_DEFAULTS = TrainConfig()
+
+
+class LaunchForm(forms.Form):
+    model = forms.CharField(
+        max_length=1000,
+        help_text="Folder of the model to patch (Hugging Face format) on the GPU workers.",
+    )
+    adapter = forms.CharField(
+        max_length=1000,
+        required=False,
+        help_text="The adapter already in production, if any: the patch stacks on it.",
+    )
+    epochs = forms.IntegerField(
+        min_value=1,
+        max_value=1000,
+        initial=_DEFAULTS.epochs,
+        help_text="A budget: training stops once every flagged prompt is fixed.",
+    )
+    # The advanced fold.
+    beta = forms.FloatField(min_value=0.0, initial=_DEFAULTS.beta, label="β (beta)")
+    loss = forms.ChoiceField(choices=[(name, name) for name in LOSSES], initial=_DEFAULTS.loss)
+    sft_weight = forms.FloatField(min_value=0.0, initial=_DEFAULTS.sft_weight, label="SFT weight")
+    lr = forms.FloatField(min_value=0.0, initial=_DEFAULTS.lr, label="Learning rate")
+    lora_r = forms.IntegerField(
+        min_value=1, max_value=512, initial=_DEFAULTS.lora_r, label="LoRA rank"
+    )
+
+    ADVANCED = ("beta", "loss", "sft_weight", "lr", "lora_r")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["model"].initial = settings.PATCHWISE_BASE_MODEL
+
+    def basic_fields(self) -> list[forms.BoundField]:
+        return [self[name] for name in self.fields if name not in self.ADVANCED]
+
+    def advanced_fields(self) -> list[forms.BoundField]:
+        return [self[name] for name in self.ADVANCED]
+
+    def to_config(self) -> dict[str, Any]:
+        data = self.cleaned_data
+        config = {name: data[name] for name in ("model", "epochs", *self.ADVANCED)}
+        if data.get("adapter"):
+            config["adapter"] = data["adapter"]
+        return config

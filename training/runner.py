@@ -1,0 +1,230 @@
+"""One training job on a worker: the engine with a progress callback, a cancel check and a
+heartbeat, then the artifacts. ``training.tasks.run_job`` calls ``run_claimed_job``.
+
+Writes to the job row are throttled (progress at most about once a second, the cancel flag read
+at most twice a second): a tiny model can take hundreds of steps a second and the database
+should not feel them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from django.db import close_old_connections, connection
+
+from training import artifacts, model_cache, services
+from training.models import TrainingJob
+
+logger = logging.getLogger(__name__)
+
+PROGRESS_EVERY_S = 1.0
+CANCEL_CHECK_EVERY_S = 0.5
+SERIES_KEYS = (
+    "loss",
+    "rewards/margins",
+    "rewards/accuracies",
+    "rewards/chosen",
+    "rewards/rejected",
+)
+
+# Where each engine phase sits on the job's progress bar (start, end), in percent.
+PHASE_SPAN = {
+    "loading": (0, 5),
+    "reference": (5, 10),
+    "eval_before": (10, 20),
+    "train": (20, 85),
+    "eval_after": (85, 98),
+    "saving": (98, 100),
+}
+PHASE_LABEL = {
+    "loading": "loading the model",
+    "reference": "reference log-probs",
+    "eval_before": "answers before training",
+    "train": "training",
+    "eval_after": "answers after training",
+    "saving": "saving the adapter",
+}
+
+
+class Heartbeat(threading.Thread):
+    """Touches the job's heartbeat every few seconds while the engine holds the main thread."""
+
+    def __init__(self, job_id: int, every_s: float) -> None:
+        super().__init__(name=f"heartbeat-job-{job_id}", daemon=True)
+        self.job_id, self.every_s = job_id, every_s
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        try:
+            while not self.stopped.wait(self.every_s):
+                try:
+                    services.job_heartbeat(job_id=self.job_id)
+                except Exception:  # a lost connection must not kill the thread; retry next beat
+                    logger.exception("heartbeat of job %s failed", self.job_id)
+                    close_old_connections()
+        finally:
+            connection.close()
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.join(timeout=5)
+
+
+class Progress:
+    """The engine's on_progress and should_cancel, throttled onto the job row."""
+
+    def __init__(self, job_id: int) -> None:
+        self.job_id = job_id
+        self.series: list[dict[str, Any]] = []
+        self.latest: dict[str, Any] = {}
+        self.state: dict[str, Any] = {"phase": "loading", "step": 0, "total": 0}
+        self.last_write = 0.0
+        self.last_cancel_check = 0.0
+        self.cancelled = False
+        self.train_started: tuple[float, int] | None = None
+
+    def on_progress(self, event: dict[str, Any]) -> None:
+        phase, step, total = event.get("phase", ""), event.get("step", 0), event.get("total", 0)
+        metrics = event.get("metrics") or {}
+        if phase == "train" and "loss" in metrics:
+            point = {key: metrics[key] for key in SERIES_KEYS if key in metrics}
+            self.series.append({"step": step, **point})
+            self.latest = {**self.latest, **point}
+        if phase == "train" and "flagged_fixed" in metrics:
+            self.latest = {**self.latest, "flagged_fixed": metrics["flagged_fixed"]}
+        if phase == "train" and self.train_started is None:
+            self.train_started = (time.monotonic(), step)
+        self.state = {"phase": phase, "step": step, "total": total, "epoch": event.get("epoch")}
+        self.write()
+
+    def write(self, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last_write < PROGRESS_EVERY_S:
+            return
+        self.last_write = now
+        services.job_record_progress(
+            job_id=self.job_id,
+            progress={**self.state, **self._overall()},
+            latest_metrics=self.latest,
+            metrics_series=self.series,
+        )
+
+    def _overall(self) -> dict[str, Any]:
+        phase, step, total = self.state["phase"], self.state["step"], self.state["total"]
+        start, end = PHASE_SPAN.get(phase, (0, 0))
+        fraction = step / total if total else 0.0
+        eta = None
+        if phase == "train" and self.train_started and total:
+            began, first_step = self.train_started
+            done = step - first_step
+            if done > 0:
+                eta = round((time.monotonic() - began) / done * (total - step), 1)
+        return {
+            "percent": round(start + (end - start) * min(fraction, 1.0), 1),
+            "label": PHASE_LABEL.get(phase, phase),
+            "eta_seconds": eta,
+        }
+
+    def should_cancel(self) -> bool:
+        now = time.monotonic()
+        if not self.cancelled and now - self.last_cancel_check >= CANCEL_CHECK_EVERY_S:
+            self.last_cancel_check = now
+            self.cancelled = services.job_cancel_requested(job_id=self.job_id)
+        return self.cancelled
+
+
+def run_claimed_job(job: TrainingJob) -> str:
+    """Train, save and record one job this worker has claimed; returns its final status."""
+    from training.engine import Cancelled, EngineError, TrainConfig, train
+
+    heartbeat = Heartbeat(job.pk, services.heartbeat_seconds())
+    heartbeat.start()
+    progress = Progress(job.pk)
+    staging = artifacts.job_dir(job.pk) / f".staging-{uuid.uuid4().hex}"
+    try:
+        progress.write(force=True)
+        config = TrainConfig.from_dict(job.config)
+        base, from_memory = model_cache.get_base(job.base_model)
+        logger.info("job %s: base model %s", job.pk, "from memory" if from_memory else "loaded")
+        staging.parent.mkdir(parents=True, exist_ok=True)
+        train(
+            config,
+            pairs=job.data_snapshot["pairs"],
+            eval_items=job.data_snapshot.get("eval") or None,
+            out_dir=staging,
+            base=base,
+            on_progress=progress.on_progress,
+            should_cancel=progress.should_cancel,
+        )
+        progress.write(force=True)
+        report = json.loads((staging / "report.json").read_text())
+        series = _series_from_metrics_file(staging / "metrics.json") or progress.series
+        artifact_path, sha256 = artifacts.write_adapter_zip(
+            job=job, adapter_dir=staging, report=report
+        )
+        artifacts.keep_adapter_folder(job_id=job.pk, staging=staging)
+        latest = {key: values[-1] for key, values in _last_values(series).items()}
+        services.job_succeed(
+            job_id=job.pk,
+            report=report,
+            metrics_series=series,
+            latest_metrics={**progress.latest, **latest},
+            artifact_path=artifact_path,
+            artifact_sha256=sha256,
+        )
+        return "succeeded"
+    except Cancelled:
+        services.job_mark_cancelled(job_id=job.pk)
+        return "cancelled"
+    except EngineError as error:
+        services.job_fail(job_id=job.pk, error=str(error))
+        return "failed"
+    except Exception as error:
+        logger.exception("job %s failed", job.pk)
+        services.job_fail(
+            job_id=job.pk,
+            error=(
+                f"Training stopped on an unexpected error ({type(error).__name__}: {error}). "
+                "The worker's log has the details; launching again with the same data will "
+                "likely fail the same way."
+            ),
+        )
+        return "failed"
+    finally:
+        heartbeat.stop()
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _series_from_metrics_file(path: Path) -> list[dict[str, Any]]:
+    """metrics.json holds per-step lists keyed by TRL's names; the charts want one row a step."""
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    columns = metrics.get("series", metrics) if isinstance(metrics, dict) else {}
+    steps = columns.get("step") or list(range(1, len(columns.get("loss", [])) + 1))
+    rows = []
+    for index, step in enumerate(steps):
+        row = {"step": step}
+        for key in SERIES_KEYS:
+            values = columns.get(key)
+            if isinstance(values, list) and index < len(values):
+                row[key] = values[index]
+        rows.append(row)
+    return rows
+
+
+def _last_values(series: list[dict[str, Any]]) -> dict[str, list[float]]:
+    columns: dict[str, list[float]] = {}
+    for row in series:
+        for key in SERIES_KEYS:
+            if key in row:
+                columns.setdefault(key, []).append(row[key])
+    return columns

@@ -1,0 +1,153 @@
+"""Reads of training jobs: lists, one job for a user, and the report as a page shows it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.db.models import QuerySet
+from django.http import Http404
+
+from training.models import TrainingJob
+
+# Big JSON columns a list page never shows.
+_HEAVY_FIELDS = ("data_snapshot", "metrics_series", "report", "config")
+
+
+def visible_projects(*, user: AbstractBaseUser) -> QuerySet:
+    """The projects ``user`` may see: annotate's rule (restricted projects: members and
+    curators) when it is there, every project otherwise."""
+    from annotate.models import Project
+
+    try:
+        from annotate.selectors import projects_for_user
+    except ImportError:
+        return Project.objects.all()
+    return projects_for_user(user=user)
+
+
+def project_for_user(*, slug: str, user: AbstractBaseUser) -> Any:
+    project = visible_projects(user=user).filter(slug=slug).first()
+    if project is None:
+        raise Http404(f"No project {slug!r}.")
+    return project
+
+
+def jobs_for_project(*, project: Any) -> QuerySet[TrainingJob]:
+    return (
+        TrainingJob.objects.filter(project=project)
+        .select_related("created_by")
+        .defer(*_HEAVY_FIELDS)
+        .order_by("-created_at", "-id")
+    )
+
+
+def job_for_user(*, job_id: int, user: AbstractBaseUser) -> TrainingJob:
+    job = (
+        TrainingJob.objects.select_related("project", "created_by")
+        .filter(pk=job_id, project__in=visible_projects(user=user))
+        .first()
+    )
+    if job is None:
+        raise Http404(f"No job {job_id}.")
+    return job
+
+
+def job_api_payload(job: TrainingJob) -> dict[str, Any]:
+    """What GET /api/v1/jobs/{id} answers (also a script's way to poll)."""
+    return {
+        "id": job.pk,
+        "project": job.project.slug,
+        "status": job.status,
+        "progress": job.progress,
+        "metrics": job.latest_metrics,
+        "config": job.config,
+        "data": {"sha256": job.data_sha256, "pairs": job.pair_count, "eval": job.eval_count},
+        "error": job.error or None,
+        "worker": job.worker_name or None,
+        "attempts": job.attempts,
+        "cancel_requested": job.cancel_requested,
+        "created_at": job.created_at,
+        "started_at": job.started_at,
+        "finished_at": job.finished_at,
+        "artifact_sha256": job.artifact_sha256 or None,
+        "summary": (job.report or {}).get("summary"),
+        "stopped_because": ((job.report or {}).get("training") or {}).get("stopped_because"),
+    }
+
+
+@dataclass
+class ReportView:
+    """The finished job's report, arranged the way the page reads it: verdict first."""
+
+    warnings: list[str] = field(default_factory=list)
+    good_news: list[str] = field(default_factory=list)
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    heldout_rate: float | None = None
+    rows_by_kind: list[tuple[str, list[dict[str, Any]]]] = field(default_factory=list)
+    pair_margins: list[dict[str, Any]] = field(default_factory=list)
+    stopped_because: str = ""
+    regression_coverage: dict[str, Any] = field(default_factory=dict)
+
+
+def report_view(job: TrainingJob) -> ReportView | None:
+    report = job.report
+    if not report:
+        return None
+    view = ReportView()
+    rows = report.get("eval") or []
+    counts = report.get("summary") or {}
+    view.counts = counts
+    flagged = counts.get("flagged")
+    regression = counts.get("regression")
+    heldout = counts.get("heldout")
+    if flagged:
+        if flagged["fixed"] == 0:
+            view.warnings.append(
+                f"This patch fixes none of the {flagged['total']} flagged prompts: do not ship it. "
+                "Add better answers, more pairs, or raise the SFT weight or epochs."
+            )
+        elif flagged["fixed"] < flagged["total"]:
+            view.warnings.append(
+                f"This patch fixes only {flagged['fixed']} of {flagged['total']} flagged prompts."
+            )
+        else:
+            view.good_news.append(f"All {flagged['total']} flagged prompts are fixed.")
+    else:
+        view.warnings.append("No flagged prompt had an expected answer, so no fix was checked.")
+    if regression and regression["changed"]:
+        view.warnings.append(
+            f"This patch changed {regression['changed']} of {regression['total']} regression "
+            "prompts that must not change: check them below before shipping it."
+        )
+    elif regression:
+        view.good_news.append(f"All {regression['total']} regression prompts are unchanged.")
+    else:
+        view.warnings.append("The project has no regression prompts: side effects are unchecked.")
+    if heldout and heldout.get("with_expected"):
+        view.heldout_rate = heldout["fixed"] / heldout["with_expected"]
+    for kind in ("flagged", "heldout", "regression"):
+        of_kind = [row for row in rows if row.get("kind") == kind]
+        if of_kind:
+            view.rows_by_kind.append((kind, of_kind))
+    beta = float((job.config or {}).get("beta") or 0.1)
+    pairs = (job.data_snapshot or {}).get("pairs") or []
+    for entry in report.get("pairs") or []:
+        chosen_reward = beta * (entry["policy_logp_chosen"] - entry["ref_logp_chosen"])
+        rejected_reward = beta * (entry["policy_logp_rejected"] - entry["ref_logp_rejected"])
+        index = entry.get("index", 0)
+        pair = pairs[index] if index < len(pairs) else {}
+        view.pair_margins.append(
+            {
+                "prompt": pair.get("prompt", ""),
+                "chosen": pair.get("chosen", ""),
+                "rejected": pair.get("rejected", ""),
+                "chosen_reward": chosen_reward,
+                "rejected_reward": rejected_reward,
+                "margin": chosen_reward - rejected_reward,
+            }
+        )
+    view.stopped_because = (report.get("training") or {}).get("stopped_because", "")
+    view.regression_coverage = report.get("regression_coverage") or {}
+    return view

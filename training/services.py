@@ -1,0 +1,409 @@
+"""Every change of a training job's state, each with its audit row.
+
+queued -> running -> succeeded | failed | cancelled. A worker takes a job with a filtered update
+(``job_claim``: queued -> running; zero rows means someone else has it or it was cancelled), so
+the Celery task can be delivered twice without running twice. A worker that dies leaves a
+running row whose heartbeat goes stale; ``job_reap_stale`` fails it with a message that says so
+(we do not re-queue: a job that killed its worker, e.g. out of memory, would likely kill the
+next one too, and the curator can launch again with one click).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from accounts.roles import require_curator
+from accounts.services import audit_record
+from training.models import JobStatus, TrainingJob
+
+# The config keys a launch may set: the engine CLI's flags, underscored (DESIGN.md). Anything
+# else (cache folders, target modules) stays the engine's business.
+LAUNCH_KEYS = (
+    "model",
+    "adapter",
+    "beta",
+    "loss",
+    "label_smoothing",
+    "sft_weight",
+    "retain_weight",
+    "lr",
+    "epochs",
+    "batch_size",
+    "lora_r",
+    "seed",
+)
+
+
+class JobRefused(Exception):
+    """A launch or cancel that cannot happen, with the reason a user can act on."""
+
+
+def _setting_seconds(name: str, default: float) -> float:
+    """Job timing knobs: a Django setting when defined, else the environment, else the default."""
+    value = getattr(settings, name, None)
+    if value is None:
+        value = os.environ.get(name, default)
+    return float(value)
+
+
+def heartbeat_seconds() -> float:
+    return _setting_seconds("PATCHWISE_JOB_HEARTBEAT_SECONDS", 10)
+
+
+def stale_after_seconds() -> float:
+    return _setting_seconds("PATCHWISE_JOB_STALE_SECONDS", 90)
+
+
+# ---------------------------------------------------------------------------------- launching
+
+
+def snapshot_hash(*, pairs: list[dict[str, Any]], eval_items: list[dict[str, Any]]) -> str:
+    """sha256 of what the engine trains and evaluates on, in a canonical JSON form.
+
+    Only the fields the engine reads count (ids and timestamps do not), so the same labels give
+    the same hash in any project or database.
+    """
+    canonical = {
+        "pairs": [{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs],
+        "eval": [
+            {k: e.get(k) for k in ("prompt", "expected", "kind", "topic")} for e in eval_items
+        ],
+    }
+    text = json.dumps(canonical, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def resolve_config(config: dict[str, Any] | None) -> dict[str, Any]:
+    """The launch's config with every default filled in; JobRefused names a bad key or value."""
+    from training.engine import EngineError, TrainConfig, validate_config
+
+    given = dict(config or {})
+    unknown = sorted(set(given) - set(LAUNCH_KEYS))
+    if unknown:
+        raise JobRefused(
+            f"config: unknown key '{unknown[0]}'; a launch may set {', '.join(LAUNCH_KEYS)}"
+        )
+    if not given.get("model"):
+        given["model"] = settings.PATCHWISE_BASE_MODEL
+    if not given.get("adapter"):
+        given["adapter"] = None
+    try:
+        engine_config = TrainConfig.from_dict(given)
+        validate_config(engine_config)
+    except (EngineError, TypeError) as error:
+        raise JobRefused(str(error)) from None
+    values = engine_config.to_dict()
+    return {key: values[key] for key in LAUNCH_KEYS}
+
+
+def check_model_folder(path: str) -> None:
+    """Refuse a model path the worker could not read, without loading torch on the web host."""
+    folder = Path(path).expanduser()
+    config_file = folder / "config.json"
+    if not folder.is_dir():
+        raise JobRefused(f"model folder {path} does not exist or is not a folder")
+    try:
+        json.loads(config_file.read_text())
+    except OSError:
+        raise JobRefused(f"model folder {path} has no readable config.json") from None
+    except ValueError:
+        raise JobRefused(f"{config_file} is not valid JSON") from None
+
+
+def check_adapter_folder(path: str) -> None:
+    if not (Path(path).expanduser() / "adapter_config.json").is_file():
+        raise JobRefused(f"adapter folder {path} has no adapter_config.json")
+
+
+def job_enqueue(
+    *, project: Any, actor: AbstractBaseUser, config: dict[str, Any] | None = None
+) -> TrainingJob:
+    """Snapshot the project's pairs and eval prompts, store a queued job, and send it to a GPU
+    worker once the transaction commits."""
+    from annotate.selectors import eval_prompts, preference_pairs
+
+    require_curator(actor)
+    resolved = resolve_config(config)
+    check_model_folder(resolved["model"])
+    if resolved["adapter"]:
+        check_adapter_folder(resolved["adapter"])
+
+    pairs = [dict(pair) for pair in preference_pairs(project=project)]
+    if not pairs:
+        raise JobRefused(
+            f"project {project.slug} has no preference pairs yet: judge some comparisons "
+            "(or flag a case with a better answer) before patching"
+        )
+    eval_items = [dict(item) for item in eval_prompts(project=project)]
+
+    with transaction.atomic():
+        job = TrainingJob(
+            project=project,
+            created_by=actor,
+            config=resolved,
+            base_model=resolved["model"],
+            adapter=resolved["adapter"] or "",
+            data_snapshot={"pairs": pairs, "eval": eval_items},
+            data_sha256=snapshot_hash(pairs=pairs, eval_items=eval_items),
+            pair_count=len(pairs),
+            eval_count=len(eval_items),
+            progress={"phase": "queued", "step": 0, "total": 0, "eta_seconds": None},
+        )
+        job.full_clean()
+        job.save()
+        audit_record(
+            actor=actor,
+            action="job.enqueue",
+            target=job,
+            new_value={"status": job.status, "data_sha256": job.data_sha256, "pairs": len(pairs)},
+        )
+        transaction.on_commit(lambda: _send_to_worker(job.pk))
+    return job
+
+
+def _send_to_worker(job_id: int) -> None:
+    from training.tasks import run_job
+
+    run_job.apply_async(args=[job_id])
+
+
+# ---------------------------------------------------------------------------------- running
+
+
+def _transition(
+    *,
+    job_id: int,
+    from_statuses: tuple[str, ...],
+    to_status: str,
+    action: str,
+    actor: AbstractBaseUser | None = None,
+    fields: dict[str, Any] | None = None,
+    audit_extra: dict[str, Any] | None = None,
+) -> TrainingJob | None:
+    """Move one job between states with a filtered update; None when it was not in from_statuses.
+
+    The filter is the lock: two workers, or a worker and the reaper, cannot both win.
+    """
+    with transaction.atomic():
+        job = (
+            TrainingJob.objects.select_for_update()
+            .filter(pk=job_id, status__in=from_statuses)
+            .first()
+        )
+        if job is None:
+            return None
+        old_status = job.status
+        changes = {"status": to_status, **(fields or {})}
+        for name, value in changes.items():
+            setattr(job, name, value)
+        job.save(update_fields=list(changes))
+        audit_record(
+            actor=actor,
+            action=action,
+            target=job,
+            old_value={"status": old_status},
+            new_value={"status": to_status, **(audit_extra or {})},
+        )
+    return job
+
+
+def job_claim(*, job_id: int, worker_name: str) -> TrainingJob | None:
+    """queued -> running for this worker; None when another worker has it or it was cancelled."""
+    now = timezone.now()
+    claimed = TrainingJob.objects.filter(pk=job_id, status=JobStatus.QUEUED).update(
+        status=JobStatus.RUNNING,
+        worker_name=worker_name,
+        started_at=now,
+        heartbeat_at=now,
+        attempts=F("attempts") + 1,
+        progress={"phase": "starting", "step": 0, "total": 0, "eta_seconds": None},
+    )
+    if not claimed:
+        return None
+    job = TrainingJob.objects.select_related("project").get(pk=job_id)
+    audit_record(
+        actor=None,
+        action="job.claim",
+        target=job,
+        old_value={"status": JobStatus.QUEUED},
+        new_value={"status": JobStatus.RUNNING, "worker": worker_name},
+    )
+    return job
+
+
+def job_heartbeat(*, job_id: int) -> bool:
+    """Tell the reaper this job's worker is alive; False when the job is no longer running."""
+    return bool(
+        TrainingJob.objects.filter(pk=job_id, status=JobStatus.RUNNING).update(
+            heartbeat_at=timezone.now()
+        )
+    )
+
+
+def job_record_progress(
+    *,
+    job_id: int,
+    progress: dict[str, Any],
+    latest_metrics: dict[str, Any] | None = None,
+    metrics_series: list[dict[str, Any]] | None = None,
+) -> bool:
+    """Store step/total/phase/ETA (and metrics) of a running job; also a heartbeat.
+
+    Not a state change, so no audit row. Callers throttle it (training.runner writes at most
+    about once a second).
+    """
+    fields: dict[str, Any] = {"progress": progress, "heartbeat_at": timezone.now()}
+    if latest_metrics is not None:
+        fields["latest_metrics"] = latest_metrics
+    if metrics_series is not None:
+        fields["metrics_series"] = metrics_series
+    return bool(TrainingJob.objects.filter(pk=job_id, status=JobStatus.RUNNING).update(**fields))
+
+
+def job_cancel_requested(*, job_id: int) -> bool:
+    return TrainingJob.objects.filter(pk=job_id, cancel_requested=True).exists()
+
+
+def job_succeed(
+    *,
+    job_id: int,
+    report: dict[str, Any] | None,
+    metrics_series: list[dict[str, Any]],
+    latest_metrics: dict[str, Any],
+    artifact_path: str,
+    artifact_sha256: str,
+) -> TrainingJob | None:
+    now = timezone.now()
+    job = TrainingJob.objects.only("progress").get(pk=job_id)
+    progress = {**job.progress, "phase": "done", "eta_seconds": 0}
+    if progress.get("total"):
+        progress["step"] = progress["total"]
+    return _transition(
+        job_id=job_id,
+        from_statuses=(JobStatus.RUNNING,),
+        to_status=JobStatus.SUCCEEDED,
+        action="job.succeed",
+        fields={
+            "report": report,
+            "metrics_series": metrics_series,
+            "latest_metrics": latest_metrics,
+            "artifact_path": artifact_path,
+            "artifact_sha256": artifact_sha256,
+            "finished_at": now,
+            "heartbeat_at": now,
+            "progress": progress,
+        },
+        audit_extra={"artifact_sha256": artifact_sha256},
+    )
+
+
+def job_fail(
+    *, job_id: int, error: str, actor: AbstractBaseUser | None = None
+) -> TrainingJob | None:
+    now = timezone.now()
+    job = TrainingJob.objects.only("progress").get(pk=job_id)
+    return _transition(
+        job_id=job_id,
+        from_statuses=(JobStatus.QUEUED, JobStatus.RUNNING),
+        to_status=JobStatus.FAILED,
+        action="job.fail",
+        actor=actor,
+        fields={
+            "error": error,
+            "finished_at": now,
+            "progress": {**job.progress, "phase": "failed", "eta_seconds": None},
+        },
+        audit_extra={"error": error},
+    )
+
+
+def job_cancel(*, job: TrainingJob, actor: AbstractBaseUser) -> TrainingJob:
+    """A curator's cancel: a queued job ends at once; a running one is asked to stop, and its
+    worker ends it within a step (``job_mark_cancelled``)."""
+    require_curator(actor)
+    if job.is_finished:
+        raise JobRefused(f"job {job.pk} has already {job.status}; there is nothing to cancel")
+    now = timezone.now()
+    cancelled = _transition(
+        job_id=job.pk,
+        from_statuses=(JobStatus.QUEUED,),
+        to_status=JobStatus.CANCELLED,
+        action="job.cancel",
+        actor=actor,
+        fields={
+            "cancel_requested": True,
+            "finished_at": now,
+            "progress": {**job.progress, "phase": "cancelled", "eta_seconds": None},
+        },
+    )
+    if cancelled is not None:
+        return cancelled
+    with transaction.atomic():
+        updated = TrainingJob.objects.filter(
+            pk=job.pk, status=JobStatus.RUNNING, cancel_requested=False
+        ).update(cancel_requested=True)
+        if updated:
+            audit_record(
+                actor=actor,
+                action="job.cancel_request",
+                target=job,
+                old_value={"cancel_requested": False},
+                new_value={"cancel_requested": True},
+            )
+    job.refresh_from_db()
+    return job
+
+
+def job_mark_cancelled(*, job_id: int) -> TrainingJob | None:
+    """The worker saw the cancel request and stopped: running -> cancelled."""
+    now = timezone.now()
+    job = TrainingJob.objects.only("progress").get(pk=job_id)
+    return _transition(
+        job_id=job_id,
+        from_statuses=(JobStatus.RUNNING,),
+        to_status=JobStatus.CANCELLED,
+        action="job.cancelled",
+        fields={
+            "finished_at": now,
+            "progress": {**job.progress, "phase": "cancelled", "eta_seconds": None},
+        },
+    )
+
+
+def job_reap_stale(
+    *, older_than_seconds: float | None = None, worker_name: str | None = None
+) -> list[int]:
+    """Fail running jobs whose worker stopped sending heartbeats (or, given ``worker_name``, the
+    jobs that worker left running before it restarted). Returns the ids it failed."""
+    threshold = stale_after_seconds() if older_than_seconds is None else older_than_seconds
+    cutoff = timezone.now() - timedelta(seconds=threshold)
+    stale = Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True)
+    if worker_name:
+        stale |= Q(worker_name=worker_name)
+    reaped = []
+    candidates = TrainingJob.objects.filter(stale, status=JobStatus.RUNNING)
+    for job in candidates.only("pk", "worker_name", "heartbeat_at"):
+        if worker_name and job.worker_name == worker_name:
+            reason = f"its worker {job.worker_name} restarted while running it"
+        else:
+            reason = (
+                f"its worker {job.worker_name or '(unknown)'} stopped sending heartbeats "
+                f"for more than {threshold:.0f} s (it was probably killed, ran out of memory "
+                "or lost its machine)"
+            )
+        error = f"The job stopped: {reason}. Launch it again; if it fails the same way, look at "
+        error += "the worker's log and memory."
+        if job_fail(job_id=job.pk, error=error) is not None:
+            reaped.append(job.pk)
+    return reaped

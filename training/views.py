@@ -1,0 +1,93 @@
+"""Job pages: a project's jobs with the launch form, one job live (htmx), cancel, download.
+
+The job page and its live fragment are one template (``{% partialdef live %}``); htmx polls the
+fragment every second while the job is queued or running, and the finished fragment carries no
+trigger, so polling stops by itself.
+"""
+
+from django.contrib import messages
+from django.http import FileResponse, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django.views.decorators.vary import vary_on_headers
+
+from accounts.roles import curator_required, is_curator, require_curator
+from training import artifacts, charts, selectors, services
+from training.forms import LaunchForm
+
+
+@require_http_methods(["GET", "POST"])
+def project_jobs(request: HttpRequest, slug: str) -> HttpResponse:
+    project = selectors.project_for_user(slug=slug, user=request.user)
+    form = LaunchForm()
+    status = 200
+    if request.method == "POST":
+        require_curator(request.user)
+        form = LaunchForm(request.POST)
+        if form.is_valid():
+            try:
+                job = services.job_enqueue(
+                    project=project, actor=request.user, config=form.to_config()
+                )
+            except services.JobRefused as refused:
+                form.add_error(None, f"Cannot launch: {refused}")
+            else:
+                messages.success(request, f"Job {job.pk} queued.")
+                return redirect("training:job_detail", job_id=job.pk)
+        status = 400
+    jobs = list(selectors.jobs_for_project(project=project))
+    context = {
+        "project": project,
+        "jobs": jobs,
+        "form": form,
+        "can_launch": is_curator(request.user),
+    }
+    return render(request, "training/project_jobs.html", context, status=status)
+
+
+@require_GET
+@vary_on_headers("HX-Request")
+def job_detail(request: HttpRequest, job_id: int) -> HttpResponse:
+    job = selectors.job_for_user(job_id=job_id, user=request.user)
+    context = {
+        "job": job,
+        "charts": charts.job_charts(job.metrics_series),
+        "report": selectors.report_view(job),
+        "can_manage": is_curator(request.user),
+    }
+    template = "training/job_detail.html#live" if request.htmx else "training/job_detail.html"
+    return render(request, template, context)
+
+
+@require_POST
+@curator_required
+def job_cancel(request: HttpRequest, job_id: int) -> HttpResponse:
+    job = selectors.job_for_user(job_id=job_id, user=request.user)
+    try:
+        services.job_cancel(job=job, actor=request.user)
+    except services.JobRefused as refused:
+        messages.error(request, str(refused))
+    else:
+        messages.success(request, f"Cancel requested for job {job.pk}.")
+    return redirect("training:job_detail", job_id=job.pk)
+
+
+@require_GET
+@curator_required
+def job_download(request: HttpRequest, job_id: int) -> HttpResponse:
+    job = selectors.job_for_user(job_id=job_id, user=request.user)
+    try:
+        path = artifacts.verified_artifact(job)
+    except artifacts.ArtifactError as error:
+        return render(
+            request,
+            "training/download_refused.html",
+            {"job": job, "reason": str(error)},
+            status=409,
+        )
+    return FileResponse(
+        path.open("rb"),
+        as_attachment=True,
+        filename=f"{job.project.slug}-job{job.pk}-adapter.zip",
+        content_type="application/zip",
+    )
