@@ -1,0 +1,193 @@
+"""The labelling API: flag cases, lease and judge comparisons, stream the preference pairs.
+
+Handlers stay thin: a schema, one service or selector call, a status code. Flagging cases and
+exporting pairs are curator actions (a production system posts with a curator's token);
+leasing and judging are for every annotator who may work on the project.
+"""
+
+import json
+from datetime import datetime
+from typing import Any, Literal
+
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.shortcuts import get_object_or_404
+from ninja import Router, Schema
+from pydantic import ConfigDict
+
+from accounts.roles import require_curator
+from annotate import selectors, services
+from annotate.models import Comparison, Judgment, Project
+
+router = Router(tags=["annotation"])
+
+
+class Detail(Schema):
+    detail: Any
+
+
+class CaseIn(Schema):
+    model_config = ConfigDict(extra="forbid")  # a misspelt field is an error, not lost data
+
+    prompt: str | list[dict[str, Any]]
+    response: str
+    better_response: str | None = None
+    note: str = ""
+    trace_id: str = ""
+    split: Literal["train", "heldout", "regression"] = "train"
+    tags: list[str] = []
+    topic: str = ""
+
+
+class IdOut(Schema):
+    id: int
+
+
+class ComparisonOut(Schema):
+    id: int
+    prompt: str | list[dict[str, Any]]
+    a: str
+    b: str
+    lease_expires_at: datetime
+
+
+class JudgmentIn(Schema):
+    model_config = ConfigDict(extra="forbid")
+
+    choice: Literal["a", "b", "tie", "both_bad"]
+    edited: str = ""
+    rationale: str = ""
+    duration_ms: int | None = None
+
+
+class JudgmentOut(Schema):
+    id: int
+    comparison_id: int
+    choice: str
+    created: bool
+
+
+def _validation_detail(exc: ValidationError) -> Any:
+    return exc.message_dict if hasattr(exc, "error_dict") else exc.messages
+
+
+def _project(slug: str) -> Project:
+    return get_object_or_404(Project, slug=slug)
+
+
+@router.post(
+    "/projects/{slug}/cases",
+    response={201: IdOut, 403: Detail, 404: Detail, 422: Detail},
+    summary="Flag a bad case",
+)
+def case_flag(request: HttpRequest, slug: str, payload: CaseIn):
+    """Curators' tokens only. A train case with a better_response is queued as a comparison."""
+    require_curator(request.user)
+    project = _project(slug)
+    try:
+        case = services.case_create(
+            project=project, source="api", created_by=request.user, **payload.dict()
+        )
+    except ValidationError as exc:
+        return 422, {"detail": _validation_detail(exc)}
+    return 201, {"id": case.pk}
+
+
+@router.get(
+    "/projects/{slug}/comparisons/next",
+    response={200: ComparisonOut, 204: None, 403: Detail, 404: Detail},
+    summary="Lease your next comparison",
+)
+def comparison_next(request: HttpRequest, slug: str):
+    """ "a" and "b" are in the order this annotator is shown; a judgment's choice refers to them.
+
+    Origins (deployed, human, generated) are not part of the answer, so a blind comparison
+    stays blind.
+    """
+    project = _project(slug)
+    leased = services.lease_next_comparison(project=project, annotator=request.user)
+    if leased is None:
+        return 204, None
+    comparison, lease, shown_left = leased
+    a, b = comparison.response_a.text, comparison.response_b.text
+    if shown_left == "b":
+        a, b = b, a
+    return 200, {
+        "id": comparison.pk,
+        "prompt": comparison.case.prompt,
+        "a": a,
+        "b": b,
+        "lease_expires_at": lease.expires_at,
+    }
+
+
+def _stored_choice(choice: str, shown_left: str) -> str:
+    """The API's a/b are the annotator's shown order; the database's are response_a/b."""
+    if shown_left == "b" and choice in ("a", "b"):
+        return "b" if choice == "a" else "a"
+    return choice
+
+
+@router.post(
+    "/comparisons/{comparison_id}/judgment",
+    response={
+        200: JudgmentOut,
+        201: JudgmentOut,
+        403: Detail,
+        404: Detail,
+        409: Detail,
+        422: Detail,
+    },
+    summary="Judge a comparison",
+)
+def judgment_create(request: HttpRequest, comparison_id: int, payload: JudgmentIn):
+    """201 for a new judgment; 200 with the same id for a repeat of it; 409 for a different one.
+
+    `choice` refers to "a" and "b" as /comparisons/next returned them.
+    """
+    comparison = get_object_or_404(Comparison.objects.select_related("project"), pk=comparison_id)
+    shown_left = selectors.shown_left_for(comparison=comparison, annotator=request.user)
+    try:
+        judgment, created = services.judgment_submit(
+            comparison=comparison,
+            annotator=request.user,
+            choice=_stored_choice(payload.choice, shown_left),
+            edited=payload.edited,
+            rationale=payload.rationale,
+            shown_left=shown_left,
+            duration_ms=payload.duration_ms,
+        )
+    except ValidationError as exc:
+        return 422, {"detail": _validation_detail(exc)}
+    except (services.JudgmentConflict, services.ComparisonTaken) as exc:
+        return 409, {"detail": str(exc)}
+    except PermissionDenied as exc:
+        return 403, {"detail": str(exc)}
+    return (201 if created else 200), _judgment_out(judgment, created, shown_left)
+
+
+def _judgment_out(judgment: Judgment, created: bool, shown_left: str) -> dict[str, Any]:
+    return {
+        "id": judgment.pk,
+        "comparison_id": judgment.comparison_id,
+        "choice": _stored_choice(judgment.choice, shown_left),
+        "created": created,
+    }
+
+
+@router.get(
+    "/projects/{slug}/pairs.jsonl",
+    response={200: None, 403: Detail, 404: Detail},
+    summary="Stream the preference pairs (TRL format)",
+)
+def pairs_export(request: HttpRequest, slug: str) -> HttpResponse:
+    """One {"prompt", "chosen", "rejected"} per line, by the rules in docs/export-rules.md."""
+    require_curator(request.user)
+    project = _project(slug)
+    lines = (
+        json.dumps(pair, ensure_ascii=False) + "\n"
+        for pair in selectors.preference_pairs(project=project, trl=True)
+    )
+    response = StreamingHttpResponse(lines, content_type="application/x-ndjson; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="{project.slug}-pairs.jsonl"'
+    return response

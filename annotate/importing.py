@@ -1,0 +1,291 @@
+"""Parse and validate case files (JSONL or CSV) before anything is written.
+
+Three line shapes, told apart by their fields:
+
+- a bad case     {"prompt", "response", "better_response"?, "note"?, "trace_id"?, "split"?,
+                  "tags"?, "topic"?}
+- a pair to judge {"prompt", "response_a", "response_b", ...the optional fields above}
+- a labelled pair {"prompt", "chosen", "rejected", ...}  (TRL's preference format)
+
+A prompt is a string or a list of {"role", "content"} messages ("system" only first, the last one
+from the user). In CSV the prompt cell may hold such a list as JSON, and tags are a JSON list or
+comma-separated. Every bad line is collected, so a user fixes the whole file in one go.
+"""
+
+import csv
+import io
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+MAX_TEXT_CHARS = 100_000
+MAX_TAGS = 50
+MAX_TAG_CHARS = 100
+MAX_SHORT_CHARS = 200  # trace_id, topic
+ROLES = ("system", "user", "assistant")
+SPLITS = ("train", "heldout", "regression")
+
+COMMON_FIELDS = ("prompt", "note", "trace_id", "split", "tags", "topic")
+SHAPES = {
+    "case": ("response", "better_response"),
+    "pair": ("response_a", "response_b"),
+    "labelled": ("chosen", "rejected"),
+}
+TEXT_FIELDS = tuple(name for names in SHAPES.values() for name in names)
+ALL_FIELDS = COMMON_FIELDS + TEXT_FIELDS
+
+
+class ImportRejected(Exception):
+    """The file was refused; nothing was written. `errors` is [(line_no or None, reason), ...]."""
+
+    def __init__(self, errors: list[tuple[int | None, str]]) -> None:
+        self.errors = errors
+        super().__init__("\n".join(self.messages()))
+
+    def messages(self) -> list[str]:
+        return [
+            reason if line is None else f"line {line}: {reason}" for line, reason in self.errors
+        ]
+
+
+class InvalidValue(ValueError):
+    """One field's value is unusable; the message says which field and why."""
+
+
+@dataclass
+class CaseRow:
+    """One validated line of a case file."""
+
+    line_no: int
+    shape: str  # "case" | "pair" | "labelled"
+    prompt: str | list[dict[str, str]]
+    texts: dict[str, str]  # the shape's response fields, present ones only
+    note: str = ""
+    trace_id: str = ""
+    split: str = "train"
+    tags: list[str] = field(default_factory=list)
+    topic: str = ""
+
+
+def clean_prompt(value: Any) -> str | list[dict[str, str]]:
+    """A prompt as stored: a non-empty string, or a list of role/content messages."""
+    if isinstance(value, str):
+        if not value.strip():
+            raise InvalidValue("prompt is empty")
+        _check_length("prompt", value)
+        return value
+    if not isinstance(value, list) or not value:
+        raise InvalidValue("prompt must be a string or a non-empty list of {role, content}")
+    messages = []
+    for index, message in enumerate(value):
+        where = f"prompt message {index + 1}"
+        if not isinstance(message, dict) or set(message) != {"role", "content"}:
+            raise InvalidValue(f"{where} must be an object with exactly 'role' and 'content'")
+        role, content = message["role"], message["content"]
+        if role not in ROLES:
+            raise InvalidValue(f"{where}: role must be one of {', '.join(ROLES)}, not {role!r}")
+        if role == "system" and index != 0:
+            raise InvalidValue(f"{where}: a system message may only come first")
+        if not isinstance(content, str) or not content.strip():
+            raise InvalidValue(f"{where}: content must be a non-empty string")
+        messages.append({"role": role, "content": content})
+    if messages[-1]["role"] != "user":
+        raise InvalidValue("prompt: the last message must be from the user (the answer follows it)")
+    _check_length("prompt", "".join(m["content"] for m in messages))
+    return messages
+
+
+def clean_text(name: str, value: Any) -> str:
+    """A response text; TRL's conversational form (one assistant message) is accepted too."""
+    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], dict):
+        if value[0].get("role") == "assistant" and set(value[0]) == {"role", "content"}:
+            value = value[0]["content"]
+    if not isinstance(value, str):
+        raise InvalidValue(f"{name} must be a string")
+    if not value.strip():
+        raise InvalidValue(f"{name} is empty")
+    _check_length(name, value)
+    return value
+
+
+def clean_split(value: Any) -> str:
+    if value not in SPLITS:
+        raise InvalidValue(f"split must be one of {', '.join(SPLITS)}, not {value!r}")
+    return value
+
+
+def clean_tags(value: Any) -> list[str]:
+    if isinstance(value, str):
+        value = [tag.strip() for tag in value.split(",") if tag.strip()]
+    if not isinstance(value, list | tuple) or not all(isinstance(tag, str) for tag in value):
+        raise InvalidValue("tags must be a list of strings")
+    if len(value) > MAX_TAGS:
+        raise InvalidValue(f"at most {MAX_TAGS} tags, not {len(value)}")
+    for tag in value:
+        if len(tag) > MAX_TAG_CHARS:
+            raise InvalidValue(f"tag {tag[:20]!r}… is longer than {MAX_TAG_CHARS} characters")
+    return list(value)
+
+
+def clean_short(name: str, value: Any) -> str:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        raise InvalidValue(f"{name} must be a string")
+    if len(value) > MAX_SHORT_CHARS:
+        raise InvalidValue(f"{name} is longer than {MAX_SHORT_CHARS} characters")
+    return value
+
+
+def _check_length(name: str, text: str) -> None:
+    if len(text) > MAX_TEXT_CHARS:
+        raise InvalidValue(
+            f"{name} has {len(text):,} characters; the limit is {MAX_TEXT_CHARS:,} per field"
+        )
+
+
+def parse_record(record: Any, line_no: int) -> CaseRow:
+    """Validate one decoded line; raises InvalidValue with every problem of the line."""
+    if not isinstance(record, dict):
+        raise InvalidValue("expected a JSON object")
+    unknown = sorted(set(record) - set(ALL_FIELDS))
+    if unknown:
+        raise InvalidValue(
+            f"unknown field(s) {', '.join(unknown)}; allowed: {', '.join(ALL_FIELDS)}"
+        )
+    shapes = [shape for shape, names in SHAPES.items() if any(n in record for n in names)]
+    if len(shapes) != 1:
+        raise InvalidValue(
+            "a line needs exactly one of: response (a bad case), response_a + response_b "
+            "(a pair to judge), chosen + rejected (a labelled pair)"
+            + (f"; this one mixes {' and '.join(shapes)} fields" if shapes else "")
+        )
+    shape = shapes[0]
+    problems: list[str] = []
+    required = ("response",) if shape == "case" else SHAPES[shape]
+    if "prompt" not in record:
+        problems.append("prompt is missing")
+    problems += [f"{name} is missing" for name in required if name not in record]
+    texts: dict[str, str] = {}
+    row = CaseRow(line_no=line_no, shape=shape, prompt="", texts=texts)
+    checks = [("prompt", lambda v: setattr(row, "prompt", clean_prompt(v)))]
+    checks += [(n, lambda v, n=n: texts.__setitem__(n, clean_text(n, v))) for n in SHAPES[shape]]
+    checks += [
+        ("note", lambda v: setattr(row, "note", clean_text("note", v) if v else "")),
+        ("trace_id", lambda v: setattr(row, "trace_id", clean_short("trace_id", v))),
+        ("topic", lambda v: setattr(row, "topic", clean_short("topic", v))),
+        ("split", lambda v: setattr(row, "split", clean_split(v))),
+        ("tags", lambda v: setattr(row, "tags", clean_tags(v))),
+    ]
+    for name, check in checks:
+        if name in record and record[name] is not None:
+            try:
+                check(record[name])
+            except InvalidValue as exc:
+                problems.append(str(exc))
+    if not problems:
+        values = list(texts.values())
+        if len(values) == 2 and values[0] == values[1]:
+            problems.append(f"{' and '.join(texts)} are the same text: nothing to compare")
+    if problems:
+        raise InvalidValue("; ".join(problems))
+    return row
+
+
+def _records_jsonl(text: str):
+    for line_no, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield line_no, json.loads(line)
+        except json.JSONDecodeError as exc:
+            yield line_no, InvalidValue(f"not valid JSON ({exc.msg} at column {exc.colno})")
+
+
+def _csv_cell(name: str, cell: str) -> Any:
+    if name in ("prompt", *TEXT_FIELDS) and cell.lstrip().startswith("[{"):
+        try:
+            return json.loads(cell)
+        except json.JSONDecodeError as exc:
+            raise InvalidValue(
+                f"{name} looks like a JSON list of messages but is not: {exc.msg}"
+            ) from None
+    if name == "tags" and cell.lstrip().startswith("["):
+        try:
+            return json.loads(cell)
+        except json.JSONDecodeError as exc:
+            raise InvalidValue(f"tags looks like a JSON list but is not: {exc.msg}") from None
+    return cell
+
+
+def _records_csv(text: str):
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = [name.strip() for name in next(reader)]
+    except StopIteration:
+        return
+    unknown = [name for name in header if name not in ALL_FIELDS]
+    if unknown:
+        raise ImportRejected(
+            [(1, f"unknown column(s) {', '.join(unknown)}; allowed: {', '.join(ALL_FIELDS)}")]
+        )
+    line_no = reader.line_num + 1
+    while True:
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            yield line_no, InvalidValue(f"not valid CSV ({exc})")
+            return
+        start, line_no = line_no, reader.line_num + 1
+        if not any(cell.strip() for cell in cells):
+            continue
+        if len(cells) != len(header):
+            yield start, InvalidValue(f"{len(cells)} cells, but the header has {len(header)}")
+            continue
+        try:
+            yield start, {n: _csv_cell(n, c) for n, c in zip(header, cells, strict=True) if c != ""}
+        except InvalidValue as exc:
+            yield start, exc
+
+
+def parse_case_file(*, file_name: str, data: bytes, max_bytes: int) -> list[CaseRow]:
+    """Every line of the file, validated; raises ImportRejected naming every bad line."""
+    if len(data) > max_bytes:
+        raise ImportRejected(
+            [
+                (
+                    None,
+                    f"{file_name} is {len(data) / 1e6:.1f} MB; the limit is "
+                    f"{max_bytes / 1e6:.1f} MB (PATCHWISE_MAX_UPLOAD_BYTES): split the file",
+                )
+            ]
+        )
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ImportRejected(
+            [(None, f"{file_name} is not UTF-8 text (byte {exc.start}): save it as UTF-8")]
+        ) from None
+    name = file_name.lower()
+    if name.endswith((".jsonl", ".ndjson", ".json")):
+        is_csv = False
+    elif name.endswith(".csv"):
+        is_csv = True
+    else:
+        is_csv = not text.lstrip().startswith("{")
+    rows, errors = [], []
+    for line_no, record in _records_csv(text) if is_csv else _records_jsonl(text):
+        if isinstance(record, InvalidValue):
+            errors.append((line_no, str(record)))
+            continue
+        try:
+            rows.append(parse_record(record, line_no))
+        except InvalidValue as exc:
+            errors.append((line_no, str(exc)))
+    if errors:
+        raise ImportRejected(errors)
+    if not rows:
+        raise ImportRejected([(None, f"{file_name} has no cases")])
+    return rows

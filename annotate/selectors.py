@@ -1,0 +1,180 @@
+"""Reads of annotation data: the projects a user may work on, the export, the eval prompts.
+
+The export rules (docs/export-rules.md) live in `preference_pairs`:
+
+- only cases of split "train" export (held-out and regression prompts measure the patch, so
+  they must never be trained on);
+- an imported labelled pair exports as it is (chosen over rejected);
+- the judgments of a comparison vote: the choice with more votes than any other wins; "a" or "b"
+  gives chosen = the winner, rejected = the other; "tie" and "both_bad" give no pair; a split
+  vote (two or more choices with the same top count) gives no pair;
+- every corrected answer (a judgment's `edited`) is chosen over both original responses,
+  whatever the vote, since a person wrote it as the right answer;
+- a pair whose chosen and rejected texts are the same is left out, and each (prompt, chosen,
+  rejected) appears once per case.
+"""
+
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.db.models import Exists, OuterRef, Prefetch, Q, QuerySet
+
+from accounts.roles import is_curator
+from annotate.models import (
+    Case,
+    Choice,
+    Comparison,
+    Judgment,
+    Lease,
+    Origin,
+    Project,
+    Response,
+    Side,
+    Split,
+)
+
+EXPORT_CHUNK = 500
+
+
+def projects_for_user(*, user: AbstractBaseUser) -> QuerySet[Project]:
+    """Projects the user may work on: all for curators, open ones and their own for others."""
+    projects = Project.objects.order_by("name", "id")
+    if is_curator(user):
+        return projects
+    member = Project.members.through.objects.filter(project=OuterRef("pk"), user=user.pk)
+    return projects.filter(Q(restricted=False) | Q(Exists(member)))
+
+
+def _export_comparisons(project: Project) -> QuerySet[Comparison]:
+    return (
+        Comparison.objects.filter(project=project, case__split=Split.TRAIN)
+        .select_related("case", "response_a", "response_b")
+        .prefetch_related(
+            Prefetch(
+                "judgments",
+                queryset=Judgment.objects.select_related("corrected_response").order_by("id"),
+            )
+        )
+        .order_by("id")
+    )
+
+
+def _as_completion(prompt: Any, text: str) -> Any:
+    """TRL's conversational form answers a message prompt with an assistant message."""
+    return [{"role": "assistant", "content": text}] if isinstance(prompt, list) else text
+
+
+def winning_choice(choices: list[str]) -> str | None:
+    """The choice with more votes than any other, or None for no votes or a split vote."""
+    ranked = Counter(choices).most_common()
+    if not ranked or (len(ranked) > 1 and ranked[0][1] == ranked[1][1]):
+        return None
+    return ranked[0][0]
+
+
+def comparison_pairs(comparison: Comparison) -> list[tuple[str, str]]:
+    """The (chosen, rejected) texts one comparison contributes, per the export rules."""
+    a, b = comparison.response_a.text, comparison.response_b.text
+    if comparison.label:
+        won = comparison.label
+        judgments: list[Judgment] = []
+    else:
+        judgments = list(comparison.judgments.all())
+        won = winning_choice([judgment.choice for judgment in judgments])
+    pairs = []
+    if won == Choice.A:
+        pairs.append((a, b))
+    elif won == Choice.B:
+        pairs.append((b, a))
+    for judgment in judgments:
+        if judgment.edited:
+            pairs += [(judgment.edited, a), (judgment.edited, b)]
+    return [(chosen, rejected) for chosen, rejected in pairs if chosen != rejected]
+
+
+def preference_pairs(*, project: Project, trl: bool = False) -> Iterator[dict[str, Any]]:
+    """Stream {"prompt", "chosen", "rejected", "comparison_id", "case_id"} per the export rules.
+
+    With trl=True only TRL's three keys are kept. Reads the comparisons in chunks, so a large
+    project streams in constant memory.
+    """
+    seen: set[tuple[int, str, str]] = set()
+    for comparison in _export_comparisons(project).iterator(chunk_size=EXPORT_CHUNK):
+        prompt = comparison.case.prompt
+        for chosen, rejected in comparison_pairs(comparison):
+            key = (comparison.case_id, chosen, rejected)
+            if key in seen:
+                continue
+            seen.add(key)
+            row = {
+                "prompt": prompt,
+                "chosen": _as_completion(prompt, chosen),
+                "rejected": _as_completion(prompt, rejected),
+            }
+            if not trl:
+                row |= {"comparison_id": comparison.pk, "case_id": comparison.case_id}
+            yield row
+
+
+def _best_known_answers(project: Project) -> dict[int, str]:
+    """Per train case: a corrected answer, else the winning answer of its comparisons."""
+    best: dict[int, tuple[int, str]] = {}  # case id -> (rank, text); rank 0 beats 1
+    for comparison in _export_comparisons(project).iterator(chunk_size=EXPORT_CHUNK):
+        for chosen, _rejected in comparison_pairs(comparison):
+            is_correction = any(j.edited == chosen for j in comparison.judgments.all())
+            rank = 0 if is_correction else 1
+            if comparison.case_id not in best or rank < best[comparison.case_id][0]:
+                best[comparison.case_id] = (rank, chosen)
+    return {case_id: text for case_id, (_rank, text) in best.items()}
+
+
+def eval_prompts(*, project: Project) -> list[dict[str, Any]]:
+    """The prompts a job checks before and after training.
+
+    flagged: flagged train cases, expected = the corrected or winning answer, else the better
+    answer given with the case; heldout: split heldout, expected = its better answer if known;
+    regression: split regression, expected = the answer that must not change.
+    """
+    cases = list(
+        Case.objects.filter(project=project)
+        .filter(Q(flagged=True, split=Split.TRAIN) | ~Q(split=Split.TRAIN))
+        .order_by("id")
+    )
+    responses: dict[int, dict[str, str]] = {}
+    for response in Response.objects.filter(
+        case__in=[case.pk for case in cases], origin__in=[Origin.HUMAN, Origin.DEPLOYED]
+    ).order_by("id"):
+        # The first human answer is the one given with the case; later ones are corrections.
+        responses.setdefault(response.case_id, {}).setdefault(response.origin, response.text)
+    best = _best_known_answers(project)
+    items = []
+    for case in cases:
+        known = responses.get(case.pk, {})
+        if case.split == Split.TRAIN:
+            kind, expected = "flagged", best.get(case.pk) or known.get(Origin.HUMAN)
+        elif case.split == Split.HELDOUT:
+            kind, expected = "heldout", known.get(Origin.HUMAN)
+        else:
+            kind, expected = "regression", known.get(Origin.DEPLOYED)
+        item: dict[str, Any] = {"prompt": case.prompt, "kind": kind, "case_id": case.pk}
+        if expected is not None:
+            item["expected"] = expected
+        if case.topic:
+            item["topic"] = case.topic
+        items.append(item)
+    return items
+
+
+def shown_left_for(*, comparison: Comparison, annotator: AbstractBaseUser) -> str:
+    """The side the annotator saw on the left: from their judgment, else their lease, else "a"."""
+    for model in (Judgment, Lease):
+        side = (
+            model.objects.filter(comparison=comparison, annotator=annotator)
+            .values_list("shown_left", flat=True)
+            .first()
+        )
+        if side:
+            return side
+    return Side.A

@@ -1,0 +1,589 @@
+"""Every change of annotation state: projects, cases, the queue, judgments, imports.
+
+The queue's guarantees come from the database. `lease_next_comparison` locks a candidate row with
+SELECT ... FOR UPDATE SKIP LOCKED (PostgreSQL; SQLite serialises writers and is for one person),
+re-counts the live leases in a fresh statement while holding that lock, and only then writes the
+lease. `judgment_submit` takes the same row lock, and its filtered UPDATE of `judgment_count`
+refuses to pass the project's overlap; the unique constraint on (comparison, annotator) makes a
+second judgment by one annotator impossible.
+"""
+
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import transaction
+from django.db.models import Count, Exists, F, IntegerField, OuterRef, Q, Subquery, Value
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from accounts.roles import is_curator
+from accounts.services import audit_record
+from annotate.importing import (
+    ImportRejected,
+    InvalidValue,
+    clean_prompt,
+    clean_short,
+    clean_split,
+    clean_tags,
+    clean_text,
+    parse_case_file,
+)
+from annotate.models import (
+    Case,
+    Choice,
+    Comparison,
+    Judgment,
+    Lease,
+    Origin,
+    Project,
+    Response,
+    Side,
+    Split,
+)
+
+__all__ = [
+    "ComparisonTaken",
+    "ImportRejected",
+    "ImportResult",
+    "JudgmentConflict",
+    "LEASE_DURATION",
+    "case_create",
+    "cases_import",
+    "comparison_create",
+    "judgment_submit",
+    "judgment_undo",
+    "lease_next_comparison",
+    "project_create",
+    "project_update",
+    "response_create",
+]
+
+# An annotator who walks away gives the comparison back after this long.
+LEASE_DURATION = timedelta(seconds=getattr(settings, "PATCHWISE_LEASE_SECONDS", 600))
+
+
+class JudgmentConflict(Exception):
+    """The annotator already judged this comparison differently (API: 409)."""
+
+
+class ComparisonTaken(Exception):
+    """The comparison already has its overlap of judgments and other annotators' leases (409)."""
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    cases: int
+    comparisons: int
+    labelled_pairs: int
+
+    def __str__(self) -> str:
+        labelled = f" ({self.labelled_pairs} already labelled)" if self.labelled_pairs else ""
+        return f"{self.cases} cases, {self.comparisons} comparisons{labelled}"
+
+
+def _validation_error(exc: InvalidValue, field: str) -> ValidationError:
+    return ValidationError({field: str(exc)})
+
+
+def require_project_access(*, project: Project, user: AbstractBaseUser) -> None:
+    """Restricted projects are for their members and curators; everyone else gets 403."""
+    if not project.restricted or is_curator(user):
+        return
+    if not project.members.filter(pk=user.pk).exists():
+        raise PermissionDenied(f"Project {project.slug!r} is restricted to its members.")
+
+
+# --- projects -------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def project_create(
+    *,
+    name: str,
+    slug: str,
+    guidelines: str = "",
+    overlap: int = 1,
+    restricted: bool = False,
+    actor: AbstractBaseUser | None = None,
+) -> Project:
+    project = Project(
+        name=name, slug=slug, guidelines=guidelines, overlap=overlap, restricted=restricted
+    )
+    project.full_clean()
+    project.save()
+    audit_record(
+        actor=actor,
+        action="project.create",
+        target=project,
+        new_value={"slug": slug, "overlap": overlap, "restricted": restricted},
+    )
+    return project
+
+
+@transaction.atomic
+def project_update(
+    *,
+    project: Project,
+    actor: AbstractBaseUser | None = None,
+    name: str | None = None,
+    guidelines: str | None = None,
+    overlap: int | None = None,
+    restricted: bool | None = None,
+    members: list[AbstractBaseUser] | None = None,
+) -> Project:
+    """Change a project; a new overlap re-opens or closes comparisons in the same transaction."""
+    Project.objects.select_for_update().only("pk").get(pk=project.pk)  # one change at a time
+    project.refresh_from_db()
+    changes = {"name": name, "guidelines": guidelines, "overlap": overlap, "restricted": restricted}
+    old, new = {}, {}
+    for field, value in changes.items():
+        if value is not None and getattr(project, field) != value:
+            old[field], new[field] = getattr(project, field), value
+            setattr(project, field, value)
+    if old:
+        project.full_clean()
+        project.save(update_fields=list(old))
+    if "overlap" in old:
+        open_ = Comparison.objects.filter(project=project, label="")
+        open_.filter(judgment_count__lt=project.overlap).update(needs_judgments=True)
+        open_.filter(judgment_count__gte=project.overlap).update(needs_judgments=False)
+    if members is not None:
+        before = sorted(project.members.values_list("username", flat=True))
+        project.members.set(members)
+        after = sorted(user.get_username() for user in members)
+        if before != after:
+            old["members"], new["members"] = before, after
+    if old:
+        audit_record(
+            actor=actor, action="project.update", target=project, old_value=old, new_value=new
+        )
+    return project
+
+
+# --- cases, responses, comparisons ------------------------------------------------------------
+
+
+def response_create(
+    *,
+    case: Case,
+    text: str,
+    origin: str,
+    model_name: str = "",
+    adapter_name: str = "",
+    created_by: AbstractBaseUser | None = None,
+) -> Response:
+    try:
+        text = clean_text("text", text)
+    except InvalidValue as exc:
+        raise _validation_error(exc, "text") from None
+    response = Response(
+        case=case,
+        text=text,
+        origin=origin,
+        model_name=model_name,
+        adapter_name=adapter_name,
+        created_by=created_by,
+    )
+    response.full_clean(exclude=["case", "created_by"])
+    response.save()
+    return response
+
+
+def comparison_create(
+    *,
+    case: Case,
+    response_a: Response,
+    response_b: Response,
+    blind: bool = False,
+    label: str = "",
+) -> Comparison:
+    """A pair to judge (or, with `label`, one already judged by the data it came from)."""
+    project = case.project
+    comparison = Comparison(
+        project=project,
+        case=case,
+        response_a=response_a,
+        response_b=response_b,
+        blind=blind,
+        label=label,
+        needs_judgments=not label,
+    )
+    comparison.full_clean(exclude=["project", "case", "response_a", "response_b"])
+    comparison.save()
+    return comparison
+
+
+@transaction.atomic
+def case_create(
+    *,
+    project: Project,
+    prompt: Any,
+    response: str | None = None,
+    better_response: str | None = None,
+    note: str = "",
+    trace_id: str = "",
+    split: str = Split.TRAIN,
+    tags: list[str] | tuple[str, ...] = (),
+    topic: str = "",
+    flagged: bool | None = None,
+    source: str = "ui",
+    created_by: AbstractBaseUser | None = None,
+) -> Case:
+    """A bad case: the prompt, what the deployed model answered, and maybe a better answer.
+
+    `flagged` defaults to True for a train case with a response (a reported bad answer). A
+    flagged case with a better answer becomes a comparison of the two at once; held-out and
+    regression cases never do, so they cannot leak into training.
+    For split "regression", `response` is the answer that must not change.
+    """
+    errors = {}
+    cleaned: dict[str, Any] = {}
+    checks = {
+        "prompt": lambda: clean_prompt(prompt),
+        "response": lambda: None if response is None else clean_text("response", response),
+        "better_response": lambda: (
+            None if better_response is None else clean_text("better_response", better_response)
+        ),
+        "note": lambda: clean_text("note", note) if note else "",
+        "trace_id": lambda: clean_short("trace_id", trace_id),
+        "topic": lambda: clean_short("topic", topic),
+        "split": lambda: clean_split(split),
+        "tags": lambda: clean_tags(list(tags)),
+    }
+    for field, check in checks.items():
+        try:
+            cleaned[field] = check()
+        except InvalidValue as exc:
+            errors[field] = str(exc)
+    if not errors and cleaned["split"] == Split.REGRESSION and cleaned["response"] is None:
+        errors["response"] = "a regression case needs the response that must not change"
+    if errors:
+        raise ValidationError(errors)
+    if flagged is None:
+        flagged = cleaned["split"] == Split.TRAIN and cleaned["response"] is not None
+    case = Case(
+        project=project,
+        prompt=cleaned["prompt"],
+        source=source,
+        trace_id=cleaned["trace_id"],
+        note=cleaned["note"],
+        flagged=flagged,
+        split=cleaned["split"],
+        tags=cleaned["tags"],
+        topic=cleaned["topic"],
+    )
+    case.full_clean(exclude=["project"])
+    case.save()
+    deployed = human = None
+    if cleaned["response"] is not None:
+        deployed = response_create(case=case, text=cleaned["response"], origin=Origin.DEPLOYED)
+    if cleaned["better_response"] is not None:
+        human = response_create(
+            case=case, text=cleaned["better_response"], origin=Origin.HUMAN, created_by=created_by
+        )
+    if flagged and deployed and human and deployed.text != human.text:
+        comparison_create(case=case, response_a=deployed, response_b=human)
+    audit_record(actor=created_by, action="case.create", target=case, new_value={"source": source})
+    return case
+
+
+@transaction.atomic
+def cases_import(
+    *,
+    project: Project,
+    file_name: str,
+    data: bytes,
+    actor: AbstractBaseUser | None = None,
+) -> ImportResult:
+    """Import a JSONL or CSV file of cases, all or nothing.
+
+    Raises ImportRejected, with every bad line's number and reason, before writing anything.
+    A labelled pair {prompt, chosen, rejected} becomes a comparison with response_a = chosen,
+    response_b = rejected (both origin "imported") and label "a": it exports as it is and is
+    never queued for annotators.
+    """
+    rows = parse_case_file(
+        file_name=file_name, data=data, max_bytes=settings.PATCHWISE_MAX_UPLOAD_BYTES
+    )
+    source = f"import:{file_name.rsplit('/', 1)[-1]}"[:200]
+    comparisons = labelled = 0
+    for row in rows:
+        if row.shape == "case":
+            case = case_create(
+                project=project,
+                prompt=row.prompt,
+                response=row.texts["response"],
+                better_response=row.texts.get("better_response"),
+                note=row.note,
+                trace_id=row.trace_id,
+                split=row.split,
+                tags=row.tags,
+                topic=row.topic,
+                source=source,
+                created_by=actor,
+            )
+            comparisons += case.comparisons.count()
+            continue
+        case = Case(
+            project=project,
+            prompt=row.prompt,
+            source=source,
+            trace_id=row.trace_id,
+            note=row.note,
+            flagged=False,
+            split=row.split,
+            tags=row.tags,
+            topic=row.topic,
+        )
+        case.full_clean(exclude=["project"])
+        case.save()
+        first, second = (
+            ("response_a", "response_b") if row.shape == "pair" else ("chosen", "rejected")
+        )
+        response_a = response_create(case=case, text=row.texts[first], origin=Origin.IMPORTED)
+        response_b = response_create(case=case, text=row.texts[second], origin=Origin.IMPORTED)
+        label = Side.A if row.shape == "labelled" else ""
+        comparison_create(case=case, response_a=response_a, response_b=response_b, label=label)
+        comparisons += 1
+        labelled += bool(label)
+    result = ImportResult(cases=len(rows), comparisons=comparisons, labelled_pairs=labelled)
+    audit_record(
+        actor=actor,
+        action="cases.import",
+        target=project,
+        new_value={"file": file_name, **result.__dict__},
+    )
+    return result
+
+
+# --- the queue --------------------------------------------------------------------------------
+
+
+def _live_leases_of_others(*, comparison: Any, annotator: AbstractBaseUser, now) -> Any:
+    return Lease.objects.filter(comparison=comparison, expires_at__gt=now).exclude(
+        annotator=annotator
+    )
+
+
+def lease_next_comparison(
+    *, project: Project, annotator: AbstractBaseUser
+) -> tuple[Comparison, Lease, str] | None:
+    """Hand the annotator a comparison that still needs them, under a lease that expires.
+
+    Returns (comparison, lease, shown_left) or None when nothing is left for them. An annotator
+    holds one lease per project: asking again (a reload) renews and returns the same one.
+    """
+    require_project_access(project=project, user=annotator)
+    tried: list[int] = []
+    with transaction.atomic():
+        now = timezone.now()
+        Lease.objects.filter(annotator=annotator, expires_at__lte=now).delete()
+        held = (
+            Lease.objects.select_related("comparison__case")
+            .filter(annotator=annotator, comparison__project=project)
+            .order_by("id")
+            .first()
+        )
+        if held is not None:
+            held.expires_at = now + LEASE_DURATION
+            held.save(update_fields=["expires_at"])
+            return held.comparison, held, held.shown_left
+        live_others = (
+            Lease.objects.filter(comparison=OuterRef("pk"), expires_at__gt=now)
+            .exclude(annotator=annotator)
+            .values("comparison")
+            .annotate(n=Count("pk"))
+            .values("n")
+        )
+        judged_by_me = Judgment.objects.filter(comparison=OuterRef("pk"), annotator=annotator)
+        candidates = (
+            Comparison.objects.filter(project=project, needs_judgments=True)
+            .exclude(Exists(judged_by_me))
+            .annotate(held=Coalesce(Subquery(live_others, output_field=IntegerField()), Value(0)))
+            .filter(judgment_count__lt=project.overlap - F("held"))
+        )
+        for _attempt in range(20):
+            comparison = (
+                candidates.exclude(pk__in=tried)
+                .select_related("case")
+                .order_by("id")
+                .select_for_update(skip_locked=True, of=("self",))
+                .first()
+            )
+            if comparison is None:
+                return None
+            # The candidate query ran on a snapshot taken before we held the row lock; a lease
+            # committed in between is invisible to it. This count is a new statement, under the
+            # lock, so it sees every lease that any other transaction wrote for this row.
+            holders = _live_leases_of_others(comparison=comparison, annotator=annotator, now=now)
+            if comparison.judgment_count + holders.count() < project.overlap:
+                Lease.objects.filter(comparison=comparison, expires_at__lte=now).delete()
+                lease = Lease(
+                    comparison=comparison,
+                    annotator=annotator,
+                    expires_at=now + LEASE_DURATION,
+                    shown_left=secrets.choice((Side.A, Side.B)),
+                )
+                lease.save()
+                return comparison, lease, lease.shown_left
+            tried.append(comparison.pk)
+    return None
+
+
+def _same_judgment(judgment: Judgment, *, choice: str, edited: str, rationale: str) -> bool:
+    return (judgment.choice, judgment.edited, judgment.rationale) == (choice, edited, rationale)
+
+
+def judgment_submit(
+    *,
+    comparison: Comparison,
+    annotator: AbstractBaseUser,
+    choice: str,
+    edited: str = "",
+    rationale: str = "",
+    shown_left: str | None = None,
+    duration_ms: int | None = None,
+) -> tuple[Judgment, bool]:
+    """Record the annotator's judgment; returns (judgment, created).
+
+    A repeat of the same judgment returns the first one with created=False. A different second
+    judgment raises JudgmentConflict; a comparison whose overlap is used up by others raises
+    ComparisonTaken. An `edited` answer is also stored as a human Response of the case.
+    """
+    edited = edited if edited and edited.strip() else ""
+    errors = {}
+    if choice not in Choice.values:
+        errors["choice"] = f"choice must be one of {', '.join(Choice.values)}, not {choice!r}"
+    if shown_left not in (None, *Side.values):
+        errors["shown_left"] = "shown_left must be 'a' or 'b'"
+    for name, text in (("edited", edited), ("rationale", rationale)):
+        try:
+            if text:
+                clean_text(name, text)
+        except InvalidValue as exc:
+            errors[name] = str(exc)
+    if duration_ms is not None and not (0 <= duration_ms < 2**31):
+        errors["duration_ms"] = "duration_ms must be a non-negative number of milliseconds"
+    if errors:
+        raise ValidationError(errors)
+    with transaction.atomic():
+        project = Project.objects.get(pk=comparison.project_id)
+        require_project_access(project=project, user=annotator)
+        comparison = (
+            Comparison.objects.select_for_update(of=("self",))
+            .select_related("case")
+            .get(pk=comparison.pk)
+        )
+        existing = Judgment.objects.filter(comparison=comparison, annotator=annotator).first()
+        if existing is not None:
+            if _same_judgment(existing, choice=choice, edited=edited, rationale=rationale):
+                return existing, False
+            raise JudgmentConflict(
+                f"You already judged comparison {comparison.pk} as {existing.choice!r}; "
+                "undo it first to change it."
+            )
+        if comparison.label:
+            raise ComparisonTaken(f"Comparison {comparison.pk} was imported already labelled.")
+        now = timezone.now()
+        lease = Lease.objects.filter(comparison=comparison, annotator=annotator).first()
+        if lease is None or lease.expires_at <= now:
+            others = _live_leases_of_others(comparison=comparison, annotator=annotator, now=now)
+            if comparison.judgment_count + others.count() >= project.overlap:
+                raise ComparisonTaken(
+                    f"Comparison {comparison.pk} is with other annotators; take the next one."
+                )
+        count = comparison.judgment_count + 1
+        updated = Comparison.objects.filter(
+            pk=comparison.pk, judgment_count__lt=project.overlap
+        ).update(judgment_count=count, needs_judgments=count < project.overlap)
+        if not updated:
+            raise ComparisonTaken(f"Comparison {comparison.pk} has all its judgments.")
+        comparison.judgment_count, comparison.needs_judgments = count, count < project.overlap
+        corrected = None
+        if edited:
+            corrected = response_create(
+                case=comparison.case, text=edited, origin=Origin.HUMAN, created_by=annotator
+            )
+        judgment = Judgment(
+            comparison=comparison,
+            annotator=annotator,
+            choice=choice,
+            edited=edited,
+            corrected_response=corrected,
+            rationale=rationale,
+            shown_left=shown_left or (lease.shown_left if lease else Side.A),
+            duration_ms=duration_ms,
+        )
+        judgment.full_clean(
+            exclude=["comparison", "annotator", "corrected_response"], validate_constraints=False
+        )
+        judgment.save()
+        if lease is not None:
+            lease.delete()
+        audit_record(
+            actor=annotator,
+            action="judgment.create",
+            target=judgment,
+            new_value={
+                "comparison": comparison.pk,
+                "choice": choice,
+                "edited": bool(edited),
+                "shown_left": judgment.shown_left,
+            },
+        )
+    return judgment, True
+
+
+@transaction.atomic
+def judgment_undo(*, annotator: AbstractBaseUser, project: Project) -> Judgment | None:
+    """Take back the annotator's last judgment in the project and lease its comparison to them.
+
+    Returns the deleted judgment (its fields intact, its pk None), or None when there is none.
+    """
+    last = (
+        Judgment.objects.filter(annotator=annotator, comparison__project=project)
+        .order_by("-created_at", "-id")
+        .first()
+    )
+    if last is None:
+        return None
+    comparison = Comparison.objects.select_for_update(of=("self",)).get(pk=last.comparison_id)
+    judgment = Judgment.objects.filter(pk=last.pk).select_related("corrected_response").first()
+    if judgment is None:  # undone meanwhile, from another tab
+        return None
+    old_value = {
+        "comparison": comparison.pk,
+        "choice": judgment.choice,
+        "edited": judgment.edited,
+        "rationale": judgment.rationale,
+    }
+    audit_record(actor=annotator, action="judgment.undo", target=judgment, old_value=old_value)
+    corrected = judgment.corrected_response
+    judgment.delete()
+    if (
+        corrected is not None
+        and not Comparison.objects.filter(
+            Q(response_a=corrected) | Q(response_b=corrected)
+        ).exists()
+    ):
+        corrected.delete()
+    count = max(comparison.judgment_count - 1, 0)
+    Comparison.objects.filter(pk=comparison.pk).update(
+        judgment_count=count, needs_judgments=count < project.overlap and not comparison.label
+    )
+    # One lease per annotator and project: the one they held returns to the pool, and the
+    # undone comparison is theirs again, so the next page shows it.
+    Lease.objects.filter(annotator=annotator, comparison__project=project).delete()
+    Lease.objects.create(
+        comparison=comparison,
+        annotator=annotator,
+        expires_at=timezone.now() + LEASE_DURATION,
+        shown_left=judgment.shown_left,
+    )
+    judgment.comparison = comparison
+    return judgment
