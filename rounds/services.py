@@ -27,7 +27,7 @@ from django.utils import timezone
 
 from accounts.roles import require_curator
 from accounts.services import audit_record
-from annotate.models import Case, Origin, Project, Response, Split
+from annotate.models import Case, Comparison, Origin, Project, Response, Side, Split
 from rounds.models import (
     GenerationRequest,
     GenerationStatus,
@@ -418,11 +418,21 @@ def _response_create(*, case: Case, text: str, generation: GenerationRequest) ->
 
 
 def original_bad_answer(case: Case, existing: Sequence[Response]) -> Response | None:
-    """The answer the case was flagged for: its deployed (else imported) response, oldest first."""
-    for origin in (Origin.DEPLOYED, Origin.IMPORTED):
-        for response in existing:
-            if response.origin == origin:
-                return response
+    """The answer the case was flagged for: its deployed response, else the rejected side of an
+    imported labelled pair; None when the case has neither (e.g. a prompt alone)."""
+    for response in existing:
+        if response.origin == Origin.DEPLOYED:
+            return response
+    labelled = (
+        Comparison.objects.filter(case=case, label__in=(Side.A, Side.B))
+        .order_by("id")
+        .values_list("label", "response_a_id", "response_b_id")
+        .first()
+    )
+    if labelled is not None:
+        label, response_a_id, response_b_id = labelled
+        rejected_id = response_b_id if label == Side.A else response_a_id
+        return next((r for r in existing if r.pk == rejected_id), None)
     return None
 
 
