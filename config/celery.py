@@ -32,6 +32,7 @@ app.conf.update(
     result_expires=3600,
     beat_schedule={
         "reap-stale-jobs": {"task": "training.reap_stale_jobs", "schedule": 60.0},
+        "reap-stale-generations": {"task": "rounds.reap_stale_generations", "schedule": 60.0},
     },
 )
 app.autodiscover_tasks()
