@@ -250,6 +250,13 @@ def _records_csv(text: str):
             yield start, exc
 
 
+def _size(n_bytes: int) -> str:
+    for unit, scale in (("MB", 1_000_000), ("kB", 1_000)):
+        if n_bytes >= scale:
+            return f"{n_bytes / scale:.1f} {unit}"
+    return f"{n_bytes} bytes"
+
+
 def parse_case_file(*, file_name: str, data: bytes, max_bytes: int) -> list[CaseRow]:
     """Every line of the file, validated; raises ImportRejected naming every bad line."""
     if len(data) > max_bytes:
@@ -257,8 +264,8 @@ def parse_case_file(*, file_name: str, data: bytes, max_bytes: int) -> list[Case
             [
                 (
                     None,
-                    f"{file_name} is {len(data) / 1e6:.1f} MB; the limit is "
-                    f"{max_bytes / 1e6:.1f} MB (PATCHWISE_MAX_UPLOAD_BYTES): split the file",
+                    f"{file_name} is {_size(len(data))}; the limit is {_size(max_bytes)} "
+                    "(PATCHWISE_MAX_UPLOAD_BYTES): split the file",
                 )
             ]
         )

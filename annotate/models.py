@@ -8,6 +8,7 @@ overlap (a filtered UPDATE in `judgment_submit`, under the comparison's row lock
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.core.validators import MinValueValidator
 from django.db import models
 from django.db.models import F, Q
 
@@ -42,7 +43,9 @@ class Project(models.Model):
     slug = models.SlugField(max_length=100, unique=True)
     guidelines = models.TextField(blank=True, help_text="Markdown, shown to annotators.")
     overlap = models.PositiveSmallIntegerField(
-        default=1, help_text="How many distinct annotators judge each comparison."
+        default=1,
+        validators=[MinValueValidator(1, "Overlap is at least 1 annotator per comparison.")],
+        help_text="How many distinct annotators judge each comparison.",
     )
     restricted = models.BooleanField(
         default=False, help_text="Only members (and curators) may work on a restricted project."

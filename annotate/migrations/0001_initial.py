@@ -6,7 +6,6 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
@@ -15,142 +14,344 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.CreateModel(
-            name='Case',
+            name="Case",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('prompt', models.JSONField()),
-                ('source', models.CharField(blank=True, help_text='e.g. "import:cases.jsonl"', max_length=200)),
-                ('trace_id', models.CharField(blank=True, max_length=200)),
-                ('note', models.TextField(blank=True)),
-                ('flagged', models.BooleanField(default=False)),
-                ('split', models.CharField(choices=[('train', 'train'), ('heldout', 'held-out'), ('regression', 'regression')], default='train', max_length=16)),
-                ('tags', models.JSONField(blank=True, default=list)),
-                ('topic', models.CharField(blank=True, max_length=200)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("prompt", models.JSONField()),
+                (
+                    "source",
+                    models.CharField(
+                        blank=True, help_text='e.g. "import:cases.jsonl"', max_length=200
+                    ),
+                ),
+                ("trace_id", models.CharField(blank=True, max_length=200)),
+                ("note", models.TextField(blank=True)),
+                ("flagged", models.BooleanField(default=False)),
+                (
+                    "split",
+                    models.CharField(
+                        choices=[
+                            ("train", "train"),
+                            ("heldout", "held-out"),
+                            ("regression", "regression"),
+                        ],
+                        default="train",
+                        max_length=16,
+                    ),
+                ),
+                ("tags", models.JSONField(blank=True, default=list)),
+                ("topic", models.CharField(blank=True, max_length=200)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
             ],
             options={
-                'ordering': ['id'],
+                "ordering": ["id"],
             },
         ),
         migrations.CreateModel(
-            name='Project',
+            name="Project",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=200)),
-                ('slug', models.SlugField(max_length=100, unique=True)),
-                ('guidelines', models.TextField(blank=True, help_text='Markdown, shown to annotators.')),
-                ('overlap', models.PositiveSmallIntegerField(default=1, help_text='How many distinct annotators judge each comparison.')),
-                ('restricted', models.BooleanField(default=False, help_text='Only members (and curators) may work on a restricted project.')),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('members', models.ManyToManyField(blank=True, related_name='annotation_projects', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=200)),
+                ("slug", models.SlugField(max_length=100, unique=True)),
+                (
+                    "guidelines",
+                    models.TextField(blank=True, help_text="Markdown, shown to annotators."),
+                ),
+                (
+                    "overlap",
+                    models.PositiveSmallIntegerField(
+                        default=1, help_text="How many distinct annotators judge each comparison."
+                    ),
+                ),
+                (
+                    "restricted",
+                    models.BooleanField(
+                        default=False,
+                        help_text="Only members (and curators) may work on a restricted project.",
+                    ),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "members",
+                    models.ManyToManyField(
+                        blank=True, related_name="annotation_projects", to=settings.AUTH_USER_MODEL
+                    ),
+                ),
             ],
             options={
-                'ordering': ['name', 'id'],
+                "ordering": ["name", "id"],
             },
         ),
         migrations.CreateModel(
-            name='Comparison',
+            name="Comparison",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('blind', models.BooleanField(default=False, help_text='Never show where the responses came from (round comparisons).')),
-                ('judgment_count', models.PositiveIntegerField(default=0)),
-                ('needs_judgments', models.BooleanField(default=True)),
-                ('label', models.CharField(blank=True, choices=[('a', 'A'), ('b', 'B')], max_length=8)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('case', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='comparisons', to='annotate.case')),
-                ('project', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='comparisons', to='annotate.project')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "blind",
+                    models.BooleanField(
+                        default=False,
+                        help_text="Never show where the responses came from (round comparisons).",
+                    ),
+                ),
+                ("judgment_count", models.PositiveIntegerField(default=0)),
+                ("needs_judgments", models.BooleanField(default=True)),
+                (
+                    "label",
+                    models.CharField(blank=True, choices=[("a", "A"), ("b", "B")], max_length=8),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "case",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="comparisons",
+                        to="annotate.case",
+                    ),
+                ),
+                (
+                    "project",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="comparisons",
+                        to="annotate.project",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['id'],
+                "ordering": ["id"],
             },
         ),
         migrations.AddField(
-            model_name='case',
-            name='project',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='cases', to='annotate.project'),
+            model_name="case",
+            name="project",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.CASCADE,
+                related_name="cases",
+                to="annotate.project",
+            ),
         ),
         migrations.CreateModel(
-            name='Response',
+            name="Response",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('text', models.TextField()),
-                ('origin', models.CharField(choices=[('deployed', 'deployed model'), ('human', 'human'), ('generated', 'generated'), ('imported', 'imported')], max_length=16)),
-                ('model_name', models.CharField(blank=True, max_length=200)),
-                ('adapter_name', models.CharField(blank=True, max_length=200)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('case', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='responses', to='annotate.case')),
-                ('created_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("text", models.TextField()),
+                (
+                    "origin",
+                    models.CharField(
+                        choices=[
+                            ("deployed", "deployed model"),
+                            ("human", "human"),
+                            ("generated", "generated"),
+                            ("imported", "imported"),
+                        ],
+                        max_length=16,
+                    ),
+                ),
+                ("model_name", models.CharField(blank=True, max_length=200)),
+                ("adapter_name", models.CharField(blank=True, max_length=200)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "case",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="responses",
+                        to="annotate.case",
+                    ),
+                ),
+                (
+                    "created_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'ordering': ['id'],
+                "ordering": ["id"],
             },
         ),
         migrations.CreateModel(
-            name='Judgment',
+            name="Judgment",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('choice', models.CharField(choices=[('a', 'A better'), ('b', 'B better'), ('tie', 'tie'), ('both_bad', 'both bad')], max_length=8)),
-                ('edited', models.TextField(blank=True, help_text='The corrected answer, when one was written.')),
-                ('rationale', models.TextField(blank=True)),
-                ('shown_left', models.CharField(choices=[('a', 'A'), ('b', 'B')], max_length=1)),
-                ('duration_ms', models.PositiveIntegerField(blank=True, null=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('annotator', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='judgments', to=settings.AUTH_USER_MODEL)),
-                ('comparison', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='judgments', to='annotate.comparison')),
-                ('corrected_response', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='annotate.response')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "choice",
+                    models.CharField(
+                        choices=[
+                            ("a", "A better"),
+                            ("b", "B better"),
+                            ("tie", "tie"),
+                            ("both_bad", "both bad"),
+                        ],
+                        max_length=8,
+                    ),
+                ),
+                (
+                    "edited",
+                    models.TextField(
+                        blank=True, help_text="The corrected answer, when one was written."
+                    ),
+                ),
+                ("rationale", models.TextField(blank=True)),
+                ("shown_left", models.CharField(choices=[("a", "A"), ("b", "B")], max_length=1)),
+                ("duration_ms", models.PositiveIntegerField(blank=True, null=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "annotator",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="judgments",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "comparison",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="judgments",
+                        to="annotate.comparison",
+                    ),
+                ),
+                (
+                    "corrected_response",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to="annotate.response",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['id'],
+                "ordering": ["id"],
             },
         ),
         migrations.AddField(
-            model_name='comparison',
-            name='response_a',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='annotate.response'),
+            model_name="comparison",
+            name="response_a",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.CASCADE,
+                related_name="+",
+                to="annotate.response",
+            ),
         ),
         migrations.AddField(
-            model_name='comparison',
-            name='response_b',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='annotate.response'),
+            model_name="comparison",
+            name="response_b",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.CASCADE,
+                related_name="+",
+                to="annotate.response",
+            ),
         ),
         migrations.CreateModel(
-            name='Lease',
+            name="Lease",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('expires_at', models.DateTimeField()),
-                ('shown_left', models.CharField(choices=[('a', 'A'), ('b', 'B')], max_length=1)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('annotator', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='leases', to=settings.AUTH_USER_MODEL)),
-                ('comparison', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='leases', to='annotate.comparison')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("expires_at", models.DateTimeField()),
+                ("shown_left", models.CharField(choices=[("a", "A"), ("b", "B")], max_length=1)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "annotator",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="leases",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "comparison",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="leases",
+                        to="annotate.comparison",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['id'],
-                'indexes': [models.Index(fields=['annotator', 'expires_at'], name='annotate_le_annotat_31f99b_idx')],
-                'constraints': [models.UniqueConstraint(fields=('comparison', 'annotator'), name='annotate_one_lease_per_annotator')],
+                "ordering": ["id"],
+                "indexes": [
+                    models.Index(
+                        fields=["annotator", "expires_at"], name="annotate_le_annotat_31f99b_idx"
+                    )
+                ],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("comparison", "annotator"), name="annotate_one_lease_per_annotator"
+                    )
+                ],
             },
         ),
         migrations.AddConstraint(
-            model_name='project',
-            constraint=models.CheckConstraint(condition=models.Q(('overlap__gte', 1)), name='annotate_project_overlap_gte_1'),
+            model_name="project",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("overlap__gte", 1)), name="annotate_project_overlap_gte_1"
+            ),
         ),
         migrations.AddIndex(
-            model_name='case',
-            index=models.Index(fields=['project', 'split', 'flagged'], name='annotate_ca_project_f9b651_idx'),
+            model_name="case",
+            index=models.Index(
+                fields=["project", "split", "flagged"], name="annotate_ca_project_f9b651_idx"
+            ),
         ),
         migrations.AddIndex(
-            model_name='judgment',
-            index=models.Index(fields=['annotator', '-created_at'], name='annotate_ju_annotat_11be90_idx'),
+            model_name="judgment",
+            index=models.Index(
+                fields=["annotator", "-created_at"], name="annotate_ju_annotat_11be90_idx"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='judgment',
-            constraint=models.UniqueConstraint(fields=('comparison', 'annotator'), name='annotate_one_judgment_per_annotator'),
+            model_name="judgment",
+            constraint=models.UniqueConstraint(
+                fields=("comparison", "annotator"), name="annotate_one_judgment_per_annotator"
+            ),
         ),
         migrations.AddIndex(
-            model_name='comparison',
-            index=models.Index(condition=models.Q(('needs_judgments', True)), fields=['project', 'id'], name='annotate_cmp_queue_idx'),
+            model_name="comparison",
+            index=models.Index(
+                condition=models.Q(("needs_judgments", True)),
+                fields=["project", "id"],
+                name="annotate_cmp_queue_idx",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='comparison',
-            constraint=models.CheckConstraint(condition=models.Q(('response_a', models.F('response_b')), _negated=True), name='annotate_comparison_a_ne_b'),
+            model_name="comparison",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("response_a", models.F("response_b")), _negated=True),
+                name="annotate_comparison_a_ne_b",
+            ),
         ),
     ]
