@@ -89,10 +89,10 @@ def _answers(current: Round) -> list[RoundAnswer]:
     )
 
 
-def round_outcomes(*, current: Round) -> list[float]:
+def round_outcomes(*, current: Round, answers: list[RoundAnswer] | None = None) -> list[float]:
     """One outcome per judgment of the round's blind comparisons, plus ½ per unchanged answer."""
     outcomes: list[float] = []
-    for answer in _answers(current):
+    for answer in _answers(current) if answers is None else answers:
         if answer.unchanged:
             outcomes.append(0.5)
         elif answer.comparison is not None:
@@ -102,11 +102,11 @@ def round_outcomes(*, current: Round) -> list[float]:
     return outcomes
 
 
-def still_failing_cases(*, current: Round) -> list[Case]:
+def still_failing_cases(*, current: Round, answers: list[RoundAnswer] | None = None) -> list[Case]:
     """Cases whose new answer was judged worse than the previous one or both bad, by a majority
     of the judgments so far (a case nobody has judged yet is not counted)."""
     failing = []
-    for answer in _answers(current):
+    for answer in _answers(current) if answers is None else answers:
         if answer.comparison is None:
             continue
         judgments = list(answer.comparison.judgments.all())
@@ -169,7 +169,7 @@ def rounds_timeline(*, project: Project) -> list[RoundRow]:
     games: list[tuple[int, int, float]] = []
     for index, current in enumerate(rounds):
         answers = _answers(current)
-        outcomes = round_outcomes(current=current) if index else []
+        outcomes = round_outcomes(current=current, answers=answers) if index else []
         compared = [a for a in answers if a.comparison is not None]
         judged = [a for a in compared if a.comparison.judgments.all()]
         games += [(index, index - 1, outcome) for outcome in outcomes]
@@ -186,7 +186,9 @@ def rounds_timeline(*, project: Project) -> list[RoundRow]:
                 unchanged=sum(1 for a in answers if a.unchanged) if index else 0,
                 judgments=sum(len(a.comparison.judgments.all()) for a in compared),
                 win_rate=winrate.win_rate(outcomes) if outcomes else None,
-                still_failing=still_failing_cases(current=current) if index else [],
+                still_failing=(
+                    still_failing_cases(current=current, answers=answers) if index else []
+                ),
             )
         )
     if len(rounds) > 2 and games:
