@@ -91,8 +91,10 @@ def artifact_root(tmp_path, settings) -> Path:
 
 
 @pytest.fixture
-def gpu_worker(start_worker, artifact_root, demo_model, tmp_path):
-    """A worker on both queues sharing the test's artifact folder and reference cache."""
+def gpu_worker(start_worker, artifact_root, demo_model, tmp_path, settings):
+    """A worker on both queues sharing the test's artifact folder and reference cache; the
+    demo model is the default model to patch."""
+    settings.PATCHWISE_BASE_MODEL = str(demo_model)
 
     def start(**env: str):
         return start_worker(

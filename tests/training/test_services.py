@@ -8,8 +8,8 @@ from django.utils import timezone
 
 from accounts.models import AuditEvent
 from annotate.services import case_create, project_create
-from training import services
 from tests.training.conftest import judge_all
+from training import services
 from training.models import JobStatus, TrainingJob
 
 

@@ -1,0 +1,208 @@
+"""Job pages and the JSON API without a worker: permissions, refusals, the report, downloads."""
+
+import io
+import json
+import zipfile
+
+import pytest
+from django.urls import reverse
+
+from annotate.services import case_create, project_create
+from tests.training.conftest import judge_all
+from training import artifacts, services
+from training.charts import line_chart
+from training.models import TrainingJob
+
+
+@pytest.fixture
+def model_folder(tmp_path, settings):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    settings.PATCHWISE_BASE_MODEL = str(folder)
+    return folder
+
+
+@pytest.fixture
+def project(db, annotator):
+    project = project_create(name="Shop", slug="shop")
+    case_create(project=project, prompt="Return Ridge hiking boots?", response="7 days.",
+                better_response="30 days.")  # fmt: skip
+    case_create(project=project, prompt="Cedar tent warranty?", response="5 years.",
+                split="regression")  # fmt: skip
+    judge_all(project, annotator.user)
+    return project
+
+
+REPORT = {
+    "summary": {
+        "flagged": {"total": 1, "with_expected": 1, "fixed": 0, "changed": 0, "unchanged": 1},
+        "regression": {"total": 1, "with_expected": 1, "fixed": 0, "changed": 1, "unchanged": 0},
+    },
+    "training": {"stopped_because": "ran the full budget of 3 epochs"},
+    "eval": [
+        {"prompt": "Return Ridge hiking boots?", "kind": "flagged", "expected": "30 days.",
+         "before": "7 days.", "after": "7 days.", "fixed": False, "changed": False},
+        {"prompt": "Cedar tent warranty?", "kind": "regression", "expected": "5 years.",
+         "before": "5 years.", "after": "2 years.", "fixed": False, "changed": True},
+    ],
+    "pairs": [{"index": 0, "ref_logp_chosen": -9.0, "ref_logp_rejected": -2.0,
+               "policy_logp_chosen": -8.0, "policy_logp_rejected": -3.0}],
+}  # fmt: skip
+
+
+@pytest.fixture
+def finished_job(project, curator, model_folder, tmp_path, artifact_root):
+    """A job that went through the services to 'succeeded', with a real zip written."""
+    job = services.job_enqueue(project=project, actor=curator.user, config={"epochs": 3})
+    services.job_claim(job_id=job.pk, worker_name="gpu0@test")
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text('{"r": 16}')
+    (adapter / "adapter_model.safetensors").write_bytes(b"weights")
+    (adapter / "report.json").write_text(json.dumps(REPORT))
+    job.refresh_from_db()
+    path, sha256 = artifacts.write_adapter_zip(job=job, adapter_dir=adapter, report=REPORT)
+    series = [{"step": s, "loss": 1 / s, "rewards/margins": s / 10, "rewards/accuracies": 1.0}
+              for s in range(1, 6)]  # fmt: skip
+    services.job_succeed(job_id=job.pk, report=REPORT, metrics_series=series,
+                         latest_metrics=series[-1], artifact_path=path,
+                         artifact_sha256=sha256)  # fmt: skip
+    job.refresh_from_db()
+    return job
+
+
+def test_annotator_gets_403_on_launch_cancel_and_download(client, annotator, finished_job):
+    client.force_login(annotator.user)
+    assert (
+        client.post("/api/v1/projects/shop/jobs", {}, content_type="application/json").status_code
+        == 403
+    )
+    assert client.post(f"/api/v1/jobs/{finished_job.pk}/cancel").status_code == 403
+    assert client.get(f"/api/v1/jobs/{finished_job.pk}/adapter.zip").status_code == 403
+    assert client.get(reverse("training:job_download", args=[finished_job.pk])).status_code == 403
+    page = client.post(reverse("training:project_jobs", args=["shop"]), {"epochs": 1})
+    assert page.status_code == 403
+    # ...but may watch the job.
+    assert client.get(f"/api/v1/jobs/{finished_job.pk}").json()["status"] == "succeeded"
+    listing = client.get(reverse("training:project_jobs", args=["shop"]))
+    assert listing.status_code == 200 and b"patch-button" not in listing.content
+
+
+def test_api_refuses_bad_launches_with_a_detail(curator_client, project, model_folder, tmp_path):
+    def launch(body):
+        return curator_client.post(
+            "/api/v1/projects/shop/jobs", body, content_type="application/json"
+        )
+
+    missing = launch({"config": {"model": str(tmp_path / "nope")}})
+    assert missing.status_code == 400 and "does not exist" in missing.json()["detail"]
+    bad = launch({"config": {"loss": "magic"}})
+    assert bad.status_code == 400 and "'loss' must be one of" in bad.json()["detail"]
+    project_create(name="Empty", slug="empty")
+    empty = curator_client.post("/api/v1/projects/empty/jobs", {}, content_type="application/json")
+    assert empty.status_code == 400 and "no preference pairs" in empty.json()["detail"]
+    assert (
+        curator_client.post(
+            "/api/v1/projects/nope/jobs", {}, content_type="application/json"
+        ).status_code
+        == 404
+    )
+    assert TrainingJob.objects.count() == 0
+
+    ok = launch({"config": {"epochs": 2}})
+    assert ok.status_code == 202
+    job = curator_client.get(f"/api/v1/jobs/{ok.json()['id']}").json()
+    assert job["status"] == "queued" and job["config"]["epochs"] == 2
+    assert job["data"]["pairs"] == 1
+
+
+def test_launch_form_shows_the_refusal_on_the_page(curator_client, project, tmp_path):
+    response = curator_client.post(
+        reverse("training:project_jobs", args=["shop"]),
+        {"model": str(tmp_path / "nope"), "epochs": 3, "beta": 0.1, "loss": "sigmoid",
+         "sft_weight": 1, "lr": 0.001, "lora_r": 16},
+    )  # fmt: skip
+    assert response.status_code == 400
+    assert "Cannot launch: model folder" in response.content.decode()
+
+
+def test_launch_form_queues_a_job_and_opens_its_page(curator_client, project, model_folder):
+    page = curator_client.get(reverse("training:project_jobs", args=["shop"]))
+    assert str(model_folder) in page.content.decode()  # the default model is filled in
+    response = curator_client.post(
+        reverse("training:project_jobs", args=["shop"]),
+        {"model": str(model_folder), "epochs": 4, "beta": 0.2, "loss": "ipo", "sft_weight": 0.5,
+         "lr": 0.002, "lora_r": 8},
+    )  # fmt: skip
+    job = TrainingJob.objects.get()
+    assert response.status_code == 302 and response.url == f"/jobs/{job.pk}/"
+    assert job.config["loss"] == "ipo"
+    assert (job.config["beta"], job.config["lora_r"], job.config["epochs"]) == (0.2, 8, 4)
+    detail = curator_client.get(response.url)
+    assert b'hx-trigger="every 1s"' in detail.content  # polls while queued
+
+
+def test_finished_job_page_says_plainly_when_the_patch_is_bad(curator_client, finished_job):
+    page = curator_client.get(reverse("training:job_detail", args=[finished_job.pk]))
+    html = page.content.decode()
+    assert "fixes none of the 1 flagged prompts" in html
+    assert "changed 1 of 1 regression prompts" in html
+    assert "ran the full budget of 3 epochs" in html
+    assert "hx-trigger" not in html  # finished: no more polling
+    assert html.count("<svg") == 3 and "<polyline" in html
+    assert 'style="' not in html  # CSP forbids inline styles
+    assert "download-link" in html
+
+    fragment = curator_client.get(
+        reverse("training:job_detail", args=[finished_job.pk]), headers={"HX-Request": "true"}
+    )
+    assert b"<html" not in fragment.content and b'id="job-live"' in fragment.content
+
+
+def test_job_list_shows_status_and_duration_in_few_queries(
+    curator_client, finished_job, django_assert_max_num_queries
+):
+    with django_assert_max_num_queries(8):
+        page = curator_client.get(reverse("training:project_jobs", args=["shop"]))
+    html = page.content.decode()
+    assert f"#{finished_job.pk}" in html and "Succeeded" in html
+
+
+def test_download_is_a_zip_with_adapter_and_model_card(curator_client, finished_job):
+    response = curator_client.get(f"/api/v1/jobs/{finished_job.pk}/adapter.zip")
+    assert response.status_code == 200
+    archive = zipfile.ZipFile(io.BytesIO(b"".join(response.streaming_content)))
+    names = set(archive.namelist())
+    assert {"adapter_config.json", "adapter_model.safetensors", "README.md"} <= names
+    card = archive.read("README.md").decode()
+    assert finished_job.data_sha256 in card
+    assert "--enable-lora --lora-modules shop-job" in card
+    assert "PeftModel.from_pretrained" in card
+    assert "| flagged | Return Ridge hiking boots? | 7 days. | 7 days. | no |" in card
+
+
+def test_a_tampered_adapter_is_refused_not_downloaded(curator_client, finished_job, artifact_root):
+    path = artifact_root / finished_job.artifact_path
+    path.write_bytes(path.read_bytes() + b"tampered")
+
+    api = curator_client.get(f"/api/v1/jobs/{finished_job.pk}/adapter.zip")
+    assert api.status_code == 409 and "does not match the sha256" in api.json()["detail"]
+    page = curator_client.get(reverse("training:job_download", args=[finished_job.pk]))
+    assert page.status_code == 409 and b"does not match the sha256" in page.content
+
+
+def test_cancel_through_the_api(curator_client, project, model_folder):
+    job_id = curator_client.post(
+        "/api/v1/projects/shop/jobs", {}, content_type="application/json"
+    ).json()["id"]
+    response = curator_client.post(f"/api/v1/jobs/{job_id}/cancel")
+    assert response.status_code == 202 and response.json()["status"] == "cancelled"
+    again = curator_client.post(f"/api/v1/jobs/{job_id}/cancel")
+    assert again.status_code == 409 and "already cancelled" in again.json()["detail"]
+
+
+def test_line_chart_is_plain_svg():
+    svg = line_chart([{"step": 1, "loss": 0.7}, {"step": 2, "loss": 0.5}], "loss")
+    assert svg.startswith("<svg") and "<polyline" in svg and "<script" not in svg
+    assert "no steps yet" in line_chart([], "loss")
