@@ -1,0 +1,169 @@
+"""The labelling API through HTTP with bearer tokens: cases, next, judgment, pairs.jsonl."""
+
+import json
+
+import pytest
+
+from accounts.services import token_create
+from annotate.models import Case, Comparison, Judgment
+from annotate.services import case_create, project_create
+from tests.annotate.conftest import make_pairs
+
+
+@pytest.fixture
+def api(client):
+    """api(user) -> a caller that sends requests with that user's bearer token."""
+
+    def for_user(user):
+        headers = {"HTTP_AUTHORIZATION": f"Bearer {token_create(user=user)}"}
+
+        def call(method, path, body=None):
+            kwargs = dict(headers)
+            if body is not None:
+                kwargs |= {"data": json.dumps(body), "content_type": "application/json"}
+            return getattr(client, method)(f"/api/v1{path}", **kwargs)
+
+        return call
+
+    return for_user
+
+
+def test_a_curator_flags_a_case_and_it_is_queued(project, curator, api):
+    response = api(curator.user)(
+        "post",
+        "/projects/support/cases",
+        {
+            "prompt": [{"role": "user", "content": "Return window for boots?"}],
+            "response": "7 days.",
+            "better_response": "30 days.",
+            "trace_id": "req-81",
+            "note": "customer complaint",
+        },
+    )
+    assert response.status_code == 201
+    case = Case.objects.get(pk=response.json()["id"])
+    assert (case.source, case.trace_id, case.flagged, case.split) == (
+        "api",
+        "req-81",
+        True,
+        "train",
+    )
+    assert case.comparisons.count() == 1
+
+
+def test_flagging_errors(project, curator, annotator, api, client):
+    as_curator = api(curator.user)
+    body = {"prompt": "q", "response": "r"}
+    assert client.post("/api/v1/projects/support/cases", body).status_code == 401
+    assert client.post("/api/v1/projects/support/cases", body).json() == {"detail": "Unauthorized"}
+    forbidden = api(annotator.user)("post", "/projects/support/cases", body)
+    assert forbidden.status_code == 403
+    assert forbidden.json() == {"detail": "Only curators may do this."}
+    missing = as_curator("post", "/projects/nope/cases", body)
+    assert missing.status_code == 404 and "detail" in missing.json()
+    typo = as_curator("post", "/projects/support/cases", {"prompt": "q", "respons": "r"})
+    assert typo.status_code == 422 and "detail" in typo.json()
+    empty = as_curator("post", "/projects/support/cases", {"prompt": " ", "response": "r"})
+    assert empty.status_code == 422
+    assert empty.json() == {"detail": {"prompt": ["prompt is empty"]}}
+    too_long = as_curator(
+        "post", "/projects/support/cases", {"prompt": "q", "response": "x" * 100_001}
+    )
+    assert too_long.status_code == 422
+    assert "the limit is 100,000" in too_long.json()["detail"]["response"][0]
+    regression = as_curator("post", "/projects/support/cases", {**body, "split": "regression"})
+    assert regression.status_code == 201
+    assert Case.objects.count() == 1
+    bad_json = client.post(
+        "/api/v1/projects/support/cases",
+        data="{not json",
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {token_create(user=curator.user)}",
+    )
+    assert bad_json.status_code in (400, 422) and "detail" in bad_json.json()
+
+
+def test_label_through_the_api_until_none_is_left(project, annotator, api):
+    (comparison,) = make_pairs(project, 1)
+    call = api(annotator.user)
+    leased = call("get", "/projects/support/comparisons/next")
+    assert leased.status_code == 200
+    item = leased.json()
+    assert set(item) == {"id", "prompt", "a", "b", "lease_expires_at"}
+    assert item["id"] == comparison.pk and item["prompt"] == "q0?"
+    assert {item["a"], item["b"]} == {"answer A to q0", "answer B to q0"}
+    # "a" is whatever this annotator was shown first; the stored choice names the response.
+    judged = call("post", f"/comparisons/{item['id']}/judgment", {"choice": "a", "rationale": "ok"})
+    assert judged.status_code == 201
+    assert judged.json()["created"] is True and judged.json()["choice"] == "a"
+    stored = Judgment.objects.get()
+    picked = stored.comparison.response_a if stored.choice == "a" else stored.comparison.response_b
+    assert picked.text == item["a"]
+    assert stored.shown_left == ("a" if item["a"] == "answer A to q0" else "b")
+
+    repeat = call("post", f"/comparisons/{item['id']}/judgment", {"choice": "a", "rationale": "ok"})
+    assert repeat.status_code == 200 and repeat.json()["id"] == judged.json()["id"]
+    assert Judgment.objects.count() == 1
+    conflict = call("post", f"/comparisons/{item['id']}/judgment", {"choice": "tie"})
+    assert conflict.status_code == 409 and "already judged" in conflict.json()["detail"]
+    nothing = call("get", "/projects/support/comparisons/next")
+    assert nothing.status_code == 204 and nothing.content == b""
+
+
+def test_judgment_errors(project, annotator, make_user, api):
+    first, second = make_pairs(project, 2)
+    call = api(annotator.user)
+    assert call("post", "/comparisons/999999/judgment", {"choice": "a"}).status_code == 404
+    bad = call("post", f"/comparisons/{first.pk}/judgment", {"choice": "left"})
+    assert bad.status_code == 422 and "detail" in bad.json()
+    # Someone else holds `first`: judging it without a lease is refused, not doubled.
+    other = api(make_user("ann2"))
+    assert other("get", "/projects/support/comparisons/next").json()["id"] == first.pk
+    taken = call("post", f"/comparisons/{first.pk}/judgment", {"choice": "a"})
+    assert taken.status_code == 409 and "other annotators" in taken.json()["detail"]
+    assert Comparison.objects.get(pk=first.pk).judgment_count == 0
+
+
+def test_a_restricted_project_answers_403_to_non_members(annotator, api):
+    project_create(name="Secret", slug="secret", restricted=True)
+    response = api(annotator.user)("get", "/projects/secret/comparisons/next")
+    assert response.status_code == 403
+    assert response.json() == {"detail": "Project 'secret' is restricted to its members."}
+
+
+def test_blind_comparisons_do_not_reveal_origins(project, annotator, api):
+    case = case_create(project=project, prompt="q", response="deployed", better_response="human")
+    comparison = case.comparisons.get()
+    comparison.blind = True
+    comparison.save()
+    item = api(annotator.user)("get", "/projects/support/comparisons/next").json()
+    assert "deployed" not in json.dumps({k: v for k, v in item.items() if k not in ("a", "b")})
+    assert set(item) == {"id", "prompt", "a", "b", "lease_expires_at"}
+
+
+def test_pairs_jsonl_streams_the_export(project, curator, annotator, api):
+    case_create(project=project, prompt="q", response="bad", better_response="good")
+    comparison = project.comparisons.get()
+    call = api(annotator.user)
+    item = call("get", "/projects/support/comparisons/next").json()
+    choice = "a" if item["a"] == "good" else "b"
+    call("post", f"/comparisons/{comparison.pk}/judgment", {"choice": choice})
+    response = api(curator.user)("get", "/projects/support/pairs.jsonl")
+    assert response.status_code == 200 and response.streaming
+    assert response["Content-Type"].startswith("application/x-ndjson")
+    lines = b"".join(response.streaming_content).decode().splitlines()
+    assert [json.loads(line) for line in lines] == [
+        {"prompt": "q", "chosen": "good", "rejected": "bad"}
+    ]
+    assert call("get", "/projects/support/pairs.jsonl").status_code == 403
+
+
+def test_the_openapi_schema_lists_the_labelling_endpoints(client, annotator):
+    client.force_login(annotator.user)
+    paths = client.get("/api/v1/openapi.json").json()["paths"]
+    assert {
+        "/api/v1/projects/{slug}/cases",
+        "/api/v1/projects/{slug}/comparisons/next",
+        "/api/v1/comparisons/{comparison_id}/judgment",
+        "/api/v1/projects/{slug}/pairs.jsonl",
+    } <= set(paths)
