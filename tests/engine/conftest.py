@@ -66,6 +66,7 @@ def build_tiny_model(
         eos_token_id=fast.eos_token_id,
         pad_token_id=fast.pad_token_id,
         tie_word_embeddings=False,
+        initializer_range=0.2,  # logits wide enough for a LoRA to make one answer likely
     )
     model = LlamaForCausalLM(config)
     out_dir.mkdir(parents=True, exist_ok=True)

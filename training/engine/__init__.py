@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from training.engine.config import TrainConfig, validate_config
     from training.engine.evaluate import generate_greedy
     from training.engine.modeling import LoadedBase, load_base
-    from training.engine.train import TrainResult, train
+    from training.engine.trainer import TrainResult, train
 
 __all__ = [
     "Cancelled",
@@ -38,8 +38,8 @@ _LAZY = {
     "LoadedBase": "training.engine.modeling",
     "load_base": "training.engine.modeling",
     "generate_greedy": "training.engine.evaluate",
-    "TrainResult": "training.engine.train",
-    "train": "training.engine.train",
+    "TrainResult": "training.engine.trainer",
+    "train": "training.engine.trainer",
 }
 
 

@@ -46,6 +46,7 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
 def _run_train(args: argparse.Namespace) -> int:
     from training.engine.config import validate_config
     from training.engine.data import read_jsonl
+    from training.engine.modeling import check_model_folder
 
     config = TrainConfig(
         model=args.model,
@@ -63,12 +64,13 @@ def _run_train(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     validate_config(config)  # before loading anything: a bad config fails in a second
+    check_model_folder(config.model)
     pairs = read_jsonl(args.pairs, what="pairs")
     eval_items = read_jsonl(args.eval, what="eval") if args.eval else None
 
     import transformers
 
-    from training.engine.train import train
+    from training.engine.trainer import train
 
     transformers.logging.set_verbosity_error()  # the CLI prints its own progress
     warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notices
@@ -101,28 +103,41 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _generate_module():
-    """E2's ``generate`` subcommand, if present (imported lazily: it pulls in torch)."""
-    if importlib.util.find_spec("training.engine.generate") is None:
+# Subcommands whose code lives in their own module, which provides
+# ``add_arguments(parser)`` and ``run(args) -> int``; imported only when chosen (torch is slow).
+PLUGGED_COMMANDS = {
+    "generate": ("training.engine.generate", "sample answers from a model"),
+    "demo": ("training.engine.demo", "build the demo model and its scenario"),
+}
+
+
+def _plugged_module(name: str):
+    module_name = PLUGGED_COMMANDS[name][0]
+    if importlib.util.find_spec(module_name) is None:
         return None
-    return importlib.import_module("training.engine.generate")
+    return importlib.import_module(module_name)
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     parser = _Parser(prog="python -m training.engine", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_train_arguments(commands.add_parser("train", help="train a LoRA DPO patch"))
-    generate_parser = commands.add_parser("generate", help="sample answers from a model")
-    generate = _generate_module() if "generate" in (argv or sys.argv[1:])[:1] else None
-    if generate is not None:
-        generate.add_arguments(generate_parser)
+    chosen = argv[0] if argv else None
+    plugged = None
+    for name, (_, help_text) in PLUGGED_COMMANDS.items():
+        subparser = commands.add_parser(name, help=help_text)
+        if name == chosen:
+            plugged = _plugged_module(name)
+            if plugged is not None:
+                plugged.add_arguments(subparser)
     args = parser.parse_args(argv)
     try:
         if args.command == "train":
             return _run_train(args)
-        if generate is None:
-            raise EngineError("the generate subcommand is not installed in this build")
-        return generate.run(args)
+        if plugged is None:
+            raise EngineError(f"the {args.command} subcommand is not installed in this build")
+        return plugged.run(args)
     except EngineError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -74,8 +74,8 @@ def _sampled_file_digest(file: Path) -> str:
     return digest.hexdigest()
 
 
-def load_base(path: str | Path) -> LoadedBase:
-    """Load model + tokenizer from ``path``; EngineError (one line) if the folder is unusable."""
+def check_model_folder(path: str | Path) -> Path:
+    """EngineError (one line) unless ``path`` looks like an HF model folder."""
     folder = Path(path).expanduser()
     if not folder.is_dir():
         raise EngineError(f"model folder {folder} does not exist; pass a folder in HF format")
@@ -85,6 +85,12 @@ def load_base(path: str | Path) -> LoadedBase:
         json.loads((folder / "config.json").read_text())
     except (OSError, ValueError) as error:
         raise EngineError(f"cannot read {folder / 'config.json'}: {error}") from None
+    return folder
+
+
+def load_base(path: str | Path) -> LoadedBase:
+    """Load model + tokenizer from ``path``; EngineError (one line) if the folder is unusable."""
+    folder = check_model_folder(path)
 
     device, dtype = pick_device()
     try:

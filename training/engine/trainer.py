@@ -327,6 +327,7 @@ def _reference_logps(
         todo = [pair for pair in pairs if pair.index not in cached]
         values = dict(cached)
         batches = range(0, len(todo), config.batch_size)
+        run.tick("reference", 0, len(batches), metrics={"ref_cache_hits": len(cached)})
         for number, start in enumerate(batches, start=1):
             batch = todo[start : start + config.batch_size]
             with torch.inference_mode(), patch.reference() as reference_model:

@@ -1,0 +1,81 @@
+"""Prefix sharing is an optimisation, not a change of maths: same log-probs, same gradients."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+
+from training.engine.data import encode_pairs
+from training.engine.logprobs import pair_logps_concat, pair_logps_shared
+from training.engine.modeling import load_base
+
+PLAIN_PAIRS = [
+    {"prompt": "the refund window is", "chosen": " thirty days", "rejected": " two years"},
+    {
+        "prompt": "shipping is free above fifty euros and takes",
+        "chosen": " three days",
+        "rejected": " one business day for every order",
+    },
+    {"prompt": "support", "chosen": " answers every ticket", "rejected": ""},
+]
+CHAT_PAIRS = [
+    {
+        "prompt": [
+            {"role": "system", "content": "support"},
+            {"role": "user", "content": "how long does shipping take?"},
+        ],
+        "chosen": [{"role": "assistant", "content": "three days"}],
+        "rejected": [{"role": "assistant", "content": "two years for parts and labour"}],
+    },
+    {
+        "prompt": [{"role": "user", "content": "the refund window?"}],
+        "chosen": [{"role": "assistant", "content": "thirty days"}],
+        "rejected": [{"role": "assistant", "content": "fifty euros"}],
+    },
+]
+
+
+def _gradients(model, fn, pairs, pad_id):
+    model.zero_grad(set_to_none=True)
+    out = fn(model, pairs, pad_id=pad_id)
+    # Any combination that weighs chosen and rejected differently exercises both branches.
+    (0.7 * out.chosen.sum() - 1.3 * out.rejected.sum()).backward()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    return out, grads
+
+
+@pytest.mark.parametrize(
+    ("fixture", "pairs"),
+    [("tiny_model_dir", PLAIN_PAIRS), ("tiny_chat_model_dir", CHAT_PAIRS)],
+    ids=["plain", "chat_template"],
+)
+def test_shared_prefix_matches_concatenated_forward(
+    fixture: str, pairs: list[dict], request: pytest.FixtureRequest
+) -> None:
+    model_dir: Path = request.getfixturevalue(fixture)
+    base = load_base(model_dir)
+    encoded = encode_pairs(base.tokenizer, pairs, max_length=256, max_prompt_length=128)
+    assert len({len(pair.prompt_ids) for pair in encoded}) > 1, "prompts must need padding"
+    torch.manual_seed(0)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"])
+    config.init_lora_weights = False  # non-zero B, so the adapter changes the outputs
+    model = get_peft_model(base.model, config)
+    try:
+        pad_id = base.tokenizer.pad_token_id
+        shared, shared_grads = _gradients(model, pair_logps_shared, encoded, pad_id)
+        plain, plain_grads = _gradients(model, pair_logps_concat, encoded, pad_id)
+    finally:
+        model.unload()
+
+    torch.testing.assert_close(shared.chosen, plain.chosen, atol=1e-4, rtol=0)
+    torch.testing.assert_close(shared.rejected, plain.rejected, atol=1e-4, rtol=0)
+    assert shared.chosen_tokens.tolist() == [len(pair.chosen_ids) for pair in encoded]
+    assert shared.rejected_tokens.tolist() == [len(pair.rejected_ids) for pair in encoded]
+    assert shared_grads.keys() == plain_grads.keys()
+    # Equal gradients everywhere also means the prompt's positions get their share through
+    # the shared KV cache (the concatenated forward backpropagates through them directly).
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(shared_grads[name], grad, atol=1e-4, rtol=0, msg=name)

@@ -1,0 +1,244 @@
+"""The training run as the Celery job and the CLI use it, on a tiny model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from training.engine import Cancelled, TrainConfig, load_base, train
+from training.engine.data import encode_pairs
+from training.engine.logprobs import pair_logps_concat
+
+PAIRS = [
+    {"prompt": "the refund window is", "chosen": " thirty days", "rejected": " two years"},
+    {"prompt": "shipping is free above", "chosen": " fifty euros", "rejected": " three days"},
+    {"prompt": "the warranty covers", "chosen": " parts and labour", "rejected": " nothing"},
+]
+EVAL = [
+    {"prompt": "the refund window is", "expected": " thirty days", "kind": "flagged"},
+    {"prompt": "shipping is free above", "expected": " fifty euros", "kind": "heldout"},
+    {"prompt": "support answers", "kind": "regression", "topic": "support"},
+    {"prompt": "user: hello", "kind": "regression", "tags": ["greeting"]},
+]
+
+
+def _config(model_dir: Path, tmp_path: Path, **overrides) -> TrainConfig:
+    values = {
+        "model": str(model_dir),
+        "epochs": 3,
+        "lr": 5e-3,
+        "max_new_tokens": 6,
+        "ref_cache_dir": str(tmp_path / "cache"),
+    }
+    return TrainConfig(**{**values, **overrides})
+
+
+def _logps(model, tokenizer, pairs) -> tuple[list[float], list[float]]:
+    encoded = encode_pairs(tokenizer, pairs, max_length=1024, max_prompt_length=512)
+    with torch.no_grad():
+        out = pair_logps_concat(model, encoded, pad_id=tokenizer.pad_token_id)
+    return out.chosen.tolist(), out.rejected.tolist()
+
+
+def _snapshot(model) -> dict[str, torch.Tensor]:
+    return {name: tensor.clone() for name, tensor in model.state_dict().items()}
+
+
+def test_written_adapter_reproduces_the_reported_logps(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    result = train(_config(tiny_model_dir, tmp_path), pairs=PAIRS, out_dir=out, eval_items=EVAL)
+
+    assert sorted(p.name for p in out.iterdir()) == [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "metrics.json",
+        "report.json",
+    ]
+    report = json.loads((out / "report.json").read_text())
+    adapter_config = json.loads((out / "adapter_config.json").read_text())
+    assert adapter_config["r"] == 16 and adapter_config["bias"] == "none"
+    assert not adapter_config.get("modules_to_save") and not adapter_config.get("use_dora")
+    assert set(adapter_config["target_modules"]) == {
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"
+    }  # fmt: skip
+
+    base = load_base(tiny_model_dir)
+    ref_chosen, ref_rejected = _logps(base.model, base.tokenizer, PAIRS)
+    patched = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir), out
+    ).eval()
+    policy_chosen, policy_rejected = _logps(patched, base.tokenizer, PAIRS)
+    rows = report["pairs"]
+    assert [row["ref_logp_chosen"] for row in rows] == pytest.approx(ref_chosen, abs=1e-4)
+    assert [row["ref_logp_rejected"] for row in rows] == pytest.approx(ref_rejected, abs=1e-4)
+    assert [row["policy_logp_chosen"] for row in rows] == pytest.approx(policy_chosen, abs=1e-4)
+    assert [row["policy_logp_rejected"] for row in rows] == pytest.approx(policy_rejected, abs=1e-4)
+    # training moved the policy: chosen up relative to rejected
+    margins = [
+        (row["policy_logp_chosen"] - row["ref_logp_chosen"])
+        - (row["policy_logp_rejected"] - row["ref_logp_rejected"])
+        for row in rows
+    ]
+    assert all(margin > 0 for margin in margins)
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    for name in (
+        "loss",
+        "rewards/chosen",
+        "rewards/rejected",
+        "rewards/margins",
+        "rewards/accuracies",
+        "logps/chosen",
+        "logps/rejected",
+        "nll",
+        "retain_nll",
+    ):
+        assert len(metrics[name]) == report["training"]["steps"], name
+    assert result.metrics == metrics
+
+    assert [row["kind"] for row in report["eval"]] == [item["kind"] for item in EVAL]
+    for row in report["eval"]:
+        assert {"before", "after", "expected", "kind", "fixed", "changed"} <= row.keys()
+    assert report["regression_coverage"]["by_topic"] == {"support": 1}
+    assert report["regression_coverage"]["by_tag"] == {"greeting": 1}
+    assert report["data"]["retain_examples"] == 2
+
+
+def test_a_kept_base_is_left_as_it_was_and_the_second_run_uses_the_cache(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    base = load_base(tiny_model_dir)
+    before = _snapshot(base.model)
+    config = _config(tiny_model_dir, tmp_path, epochs=2)
+
+    first = train(config, pairs=PAIRS, out_dir=tmp_path / "a", base=base)
+    assert type(base.model).__name__ == "LlamaForCausalLM"
+    assert not hasattr(base.model, "peft_config")
+    after = _snapshot(base.model)
+    assert after.keys() == before.keys()
+    assert all(torch.equal(after[name], before[name]) for name in before)
+    assert not any(p.requires_grad for p in base.model.parameters())
+
+    # same pairs plus one new: three come from the cache, and the same seed gives the same adapter
+    more = [*PAIRS, {"prompt": "support", "chosen": " answers", "rejected": " ignores"}]
+    second = train(config, pairs=PAIRS, out_dir=tmp_path / "b", base=base)
+    third = train(config, pairs=more, out_dir=tmp_path / "c", base=base)
+    assert first.report["data"]["ref_cache_hits"] == 0
+    assert second.report["data"]["ref_cache_hits"] == 3
+    assert third.report["data"]["ref_cache_hits"] == 3
+    assert third.report["data"]["ref_cache_misses"] == 1
+    assert second.report["pairs"] == first.report["pairs"]
+    weights_a = load_file(tmp_path / "a" / "adapter_model.safetensors")
+    weights_b = load_file(tmp_path / "b" / "adapter_model.safetensors")
+    assert all(torch.equal(weights_a[name], weights_b[name]) for name in weights_a)
+
+
+def test_stacked_patch_uses_base_plus_deployed_adapter_as_reference(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    # a "deployed" adapter that really changes the model
+    torch.manual_seed(1)
+    deployed_config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+    deployed_config.init_lora_weights = False
+    deployed = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), deployed_config)
+    deployed.save_pretrained(tmp_path / "deployed")
+
+    base = load_base(tiny_model_dir)
+    bare_chosen, _ = _logps(base.model, base.tokenizer, PAIRS)
+    with_deployed = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir), tmp_path / "deployed"
+    ).eval()
+    deployed_chosen, deployed_rejected = _logps(with_deployed, base.tokenizer, PAIRS)
+    assert bare_chosen != pytest.approx(deployed_chosen, abs=1e-3)
+
+    before = _snapshot(base.model)
+    config = _config(tiny_model_dir, tmp_path, adapter=str(tmp_path / "deployed"), epochs=2)
+    result = train(config, pairs=PAIRS, out_dir=tmp_path / "out", base=base)
+    rows = result.report["pairs"]
+    assert [row["ref_logp_chosen"] for row in rows] == pytest.approx(deployed_chosen, abs=1e-4)
+    assert [row["ref_logp_rejected"] for row in rows] == pytest.approx(deployed_rejected, abs=1e-4)
+    assert result.report["stacked_on_adapter"]["path"] == str(tmp_path / "deployed")
+
+    # the patch file holds only the new adapter; deployed + patch reproduce the reported policy
+    patch_names = load_file(tmp_path / "out" / "adapter_model.safetensors").keys()
+    assert any("k_proj" in name for name in patch_names)  # the deployed one has no k_proj
+    with_deployed.load_adapter(tmp_path / "out", adapter_name="patch")
+    with_deployed.base_model.set_adapter(["default", "patch"])
+    policy_chosen, _ = _logps(with_deployed, base.tokenizer, PAIRS)
+    assert [row["policy_logp_chosen"] for row in rows] == pytest.approx(policy_chosen, abs=1e-4)
+    after = _snapshot(base.model)
+    assert all(torch.equal(after[name], before[name]) for name in before)
+
+
+def test_progress_is_reported_and_cancel_stops_cleanly(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    base = load_base(tiny_model_dir)
+    before = _snapshot(base.model)
+    events: list[dict] = []
+    calls = {"n": 0}
+
+    def should_cancel() -> bool:
+        calls["n"] += 1
+        return any(event["phase"] == "train" and event["step"] >= 2 for event in events)
+
+    config = _config(tiny_model_dir, tmp_path, epochs=5, batch_size=1)
+    with pytest.raises(Cancelled):
+        train(
+            config,
+            pairs=PAIRS,
+            out_dir=tmp_path / "out",
+            eval_items=EVAL,
+            base=base,
+            on_progress=events.append,
+            should_cancel=should_cancel,
+        )
+    phases = [event["phase"] for event in events]
+    assert phases[0] == "reference" and "eval_before" in phases and phases[-1] == "train"
+    last = events[-1]
+    assert last["step"] == 2 and last["total"] == 15 and last["epoch"] == 1
+    assert {"loss", "rewards/margins", "nll"} <= last["metrics"].keys()
+    assert not (tmp_path / "out" / "report.json").exists()
+    assert not (tmp_path / "out" / "adapter_model.safetensors").exists()
+    after = _snapshot(base.model)
+    assert all(torch.equal(after[name], before[name]) for name in before)
+    assert not hasattr(base.model, "peft_config")
+
+    # the same base serves the next job, which reports every phase and ends saving
+    events.clear()
+    next_config = _config(tiny_model_dir, tmp_path, epochs=1)
+    train(
+        next_config,
+        pairs=PAIRS,
+        out_dir=tmp_path / "next",
+        eval_items=EVAL,
+        base=base,
+        on_progress=events.append,
+    )
+    phases = [event["phase"] for event in events]
+    assert set(phases) == {"reference", "eval_before", "train", "eval_after", "saving"}
+    assert phases[-1] == "saving"
+
+
+def test_training_stops_once_every_flagged_prompt_is_fixed(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    pairs = [{"prompt": "the refund window is", "chosen": " thirty", "rejected": " two years"}]
+    eval_items = [{"prompt": "the refund window is", "expected": " thirty", "kind": "flagged"}]
+    config = _config(tiny_model_dir, tmp_path, epochs=60, lr=2e-2, max_new_tokens=6)
+    result = train(config, pairs=pairs, out_dir=tmp_path / "out", eval_items=eval_items)
+    training = result.report["training"]
+    assert result.stopped_reason == "all_flagged_fixed"
+    assert result.stopped_epoch < 60 and training["stopped_epoch"] == result.stopped_epoch
+    assert "after epoch" in training["stopped_because"]
+    assert training["epoch_checks"][-1]["flagged_fixed"] == 1
+    assert [row["fixed"] for row in result.report["eval"]] == [True]
+    assert result.report["summary"]["flagged"]["fixed"] == 1
