@@ -168,8 +168,11 @@ def eval_prompts(*, project: Project) -> list[dict[str, Any]]:
 
 
 def shown_left_for(*, comparison: Comparison, annotator: AbstractBaseUser) -> str:
-    """The side the annotator saw on the left: from their judgment, else their lease, else "a"."""
-    for model in (Judgment, Lease):
+    """The side the annotator saw on the left: from their lease, else their judgment, else "a".
+
+    An annotator never holds both: judging spends the lease, undoing gives a new one.
+    """
+    for model in (Lease, Judgment):
         side = (
             model.objects.filter(comparison=comparison, annotator=annotator)
             .values_list("shown_left", flat=True)

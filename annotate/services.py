@@ -382,10 +382,11 @@ def lease_next_comparison(
     tried: list[int] = []
     with transaction.atomic():
         now = timezone.now()
-        Lease.objects.filter(annotator=annotator, expires_at__lte=now).delete()
         held = (
-            Lease.objects.select_related("comparison__case")
-            .filter(annotator=annotator, comparison__project=project)
+            Lease.objects.select_related(
+                "comparison__case", "comparison__response_a", "comparison__response_b"
+            )
+            .filter(annotator=annotator, comparison__project=project, expires_at__gt=now)
             .order_by("id")
             .first()
         )
@@ -410,7 +411,7 @@ def lease_next_comparison(
         for _attempt in range(20):
             comparison = (
                 candidates.exclude(pk__in=tried)
-                .select_related("case")
+                .select_related("case", "response_a", "response_b")
                 .order_by("id")
                 .select_for_update(skip_locked=True, of=("self",))
                 .first()
@@ -422,14 +423,20 @@ def lease_next_comparison(
             # lock, so it sees every lease that any other transaction wrote for this row.
             holders = _live_leases_of_others(comparison=comparison, annotator=annotator, now=now)
             if comparison.judgment_count + holders.count() < project.overlap:
-                Lease.objects.filter(comparison=comparison, expires_at__lte=now).delete()
                 lease = Lease(
                     comparison=comparison,
                     annotator=annotator,
                     expires_at=now + LEASE_DURATION,
                     shown_left=secrets.choice((Side.A, Side.B)),
                 )
-                lease.save()
+                lease.full_clean(exclude=["comparison", "annotator"], validate_constraints=False)
+                # The annotator's own expired lease on this row, if any, is renewed in place.
+                Lease.objects.bulk_create(
+                    [lease],
+                    update_conflicts=True,
+                    unique_fields=["comparison", "annotator"],
+                    update_fields=["expires_at", "shown_left"],
+                )
                 return comparison, lease, lease.shown_left
             tried.append(comparison.pk)
     return None
@@ -472,7 +479,7 @@ def judgment_submit(
     if errors:
         raise ValidationError(errors)
     with transaction.atomic():
-        project = Project.objects.get(pk=comparison.project_id)
+        project = comparison.project
         require_project_access(project=project, user=annotator)
         comparison = (
             Comparison.objects.select_for_update(of=("self",))
@@ -523,8 +530,10 @@ def judgment_submit(
             exclude=["comparison", "annotator", "corrected_response"], validate_constraints=False
         )
         judgment.save()
-        if lease is not None:
-            lease.delete()
+        # Its own lease is spent; expired ones of others on this row are cleared on the way.
+        Lease.objects.filter(comparison=comparison).filter(
+            Q(annotator=annotator) | Q(expires_at__lte=now)
+        ).delete()
         audit_record(
             actor=annotator,
             action="judgment.create",
