@@ -7,6 +7,7 @@ page load and every action still works without JavaScript.
 
 from dataclasses import dataclass, field
 
+from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
@@ -279,5 +280,10 @@ def case_upload(request: HttpRequest, slug: str) -> HttpResponse:
             )
             return redirect("case_list", slug=project.slug)
     status = 400 if request.method == "POST" else 200
-    context = {"project": project, "form": form, "errors": errors}
+    context = {
+        "project": project,
+        "form": form,
+        "errors": errors,
+        "max_upload_bytes": settings.PATCHWISE_MAX_UPLOAD_BYTES,
+    }
     return render(request, "annotate/case_upload.html", context, status=status)

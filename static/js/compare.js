@@ -93,14 +93,18 @@
     }
   });
 
+  // Busy from the request until htmx has wired up the new pair (after settling, which the
+  // forms ask for at once with settle:0ms): a key pressed in between would click a button
+  // htmx has not taken over yet and post the form without htmx.
   document.addEventListener("htmx:beforeRequest", function () {
     busy = true;
   });
-  document.addEventListener("htmx:afterRequest", function () {
-    busy = false;
+  document.addEventListener("htmx:afterRequest", function (event) {
+    if (!event.detail.successful) busy = false;
   });
-  // After a swap, keys go to the new pair, not to a button that has left the page.
   document.addEventListener("htmx:afterSettle", function () {
+    busy = false;
+    // Keys go to the new pair, not to a button that has left the page.
     if (document.activeElement && !document.body.contains(document.activeElement)) {
       document.body.focus();
     }

@@ -313,7 +313,7 @@ def test_upload_of_a_too_big_file_says_the_limit(curator_client, project):
         {"file": SimpleUploadedFile("big.jsonl", data)},
     )
     html = response.content.decode()
-    assert "big.jsonl is 340\xa0bytes; the limit is 100\xa0bytes." in html
+    assert "big.jsonl is 330\xa0bytes; the limit is 100\xa0bytes." in html
     assert "Split it into smaller files" in html
     assert Case.objects.filter(project=project).count() == 3
 
