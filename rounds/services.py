@@ -454,6 +454,12 @@ def candidate_pairs(
     return pairs
 
 
+def storable_text(text: str) -> str:
+    """PostgreSQL text cannot hold NUL, which a byte-level tokenizer can decode from a model's
+    output; it carries nothing a reader could see, so it is dropped."""
+    return text.replace("\x00", "")
+
+
 def _random_order(pair: tuple[Response, Response]) -> tuple[Response, Response]:
     return pair if secrets.randbelow(2) else (pair[1], pair[0])
 
@@ -474,7 +480,7 @@ def candidates_store(
     comparisons that cover them. One transaction per case."""
     from annotate.services import comparison_create
 
-    texts = list(texts)
+    texts = [storable_text(text) for text in texts]
     with transaction.atomic():
         existing = list(Response.objects.filter(case=case).order_by("id"))
         seen = {response.text.strip() for response in existing}
@@ -606,6 +612,7 @@ def round_answer_store(*, current: Round, case: Case, text: str) -> RoundAnswer 
     reuses the previous response and counts as a tie)."""
     from annotate.services import comparison_create
 
+    text = storable_text(text)
     with transaction.atomic():
         existing = RoundAnswer.objects.filter(round=current, case=case).first()
         if existing is not None:  # a task delivered twice stores each answer once

@@ -43,7 +43,7 @@ def test_stored_candidates_drop_duplicates_and_name_their_model(curator, base_mo
         project=project, actor=curator.user, cases=[case], selection={"kind": "flagged"}
     )
     bad = case.responses.get()
-    texts = ["x", "y", " x ", bad.text, "", "z"]
+    texts = ["x", "y", " x ", bad.text, "", "z\x00"]  # NUL: PostgreSQL text cannot hold it
 
     stored = services.candidates_store(generation=generation, case=case, texts=texts)
 
