@@ -102,6 +102,31 @@
   document.addEventListener("htmx:afterRequest", function (event) {
     if (!event.detail.successful) busy = false;
   });
+  // A session that expired answers with the login page: go there instead of nesting it here.
+  document.addEventListener("htmx:beforeSwap", function (event) {
+    const url = event.detail.xhr.responseURL || "";
+    if (url.indexOf("/accounts/login/") !== -1) {
+      event.detail.shouldSwap = false;
+      window.location.assign(url);
+    }
+  });
+  // A failed request swaps nothing; say so on the pair instead of failing silently.
+  function showError(text) {
+    const root = pair();
+    if (!root) return;
+    const notice = document.createElement("p");
+    notice.className = "notice error";
+    notice.setAttribute("role", "alert");
+    notice.textContent = text;
+    root.prepend(notice);
+  }
+  document.addEventListener("htmx:responseError", function (event) {
+    const status = event.detail.xhr.status;
+    showError("Not saved (the server answered " + status + "). Reload the page and try again.");
+  });
+  document.addEventListener("htmx:sendError", function () {
+    showError("Not saved: the server could not be reached. Try again.");
+  });
   document.addEventListener("htmx:afterSettle", function () {
     busy = false;
     // Keys go to the new pair, not to a button that has left the page.

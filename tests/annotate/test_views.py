@@ -9,7 +9,7 @@ from django.urls import reverse
 
 from accounts.services import user_create
 from annotate import services
-from annotate.models import Case, Comparison, Judgment, Lease
+from annotate.models import Case, Comparison, Judgment, Lease, Project
 
 HX = {"HX-Request": "true"}
 XSS = "<script>alert(1)</script>\n\n<img src=x onerror=alert(1)>"
@@ -59,6 +59,13 @@ def test_annotators_get_403_on_every_curator_page(annotator_client, project, nam
     assert project.name == "Support bot" and project.overlap == 1
 
 
+def test_annotators_may_not_create_projects(annotator_client):
+    url = reverse("project_create")
+    assert annotator_client.get(url).status_code == 403
+    assert annotator_client.post(url, {"name": "X", "slug": "x", "overlap": 1}).status_code == 403
+    assert not Project.objects.filter(slug="x").exists()
+
+
 def test_a_restricted_project_is_closed_to_non_members(annotator_client, annotator, project):
     services.project_update(project=project, restricted=True)
     assert annotator_client.get(reverse("compare", args=[project.slug])).status_code == 403
@@ -79,12 +86,26 @@ def test_home_shows_waiting_counts_and_start_links(annotator_client, project):
     assert reverse("project_report", args=[project.slug]) not in html
 
 
+def test_home_lists_many_projects_with_few_queries(
+    annotator_client, project, django_assert_max_num_queries
+):
+    for n in range(10):
+        other = services.project_create(name=f"Project {n}", slug=f"project-{n}")
+        services.case_create(project=other, prompt="Q", response="bad", better_response="good")
+    with django_assert_max_num_queries(6):
+        html = annotator_client.get("/").content.decode()
+    assert html.count("Start labelling") == 11
+    assert html.count("1</b> comparison waiting for you") == 10
+
+
 def test_home_gives_curators_project_management_links(curator_client, project):
     html = curator_client.get("/").content.decode()
     assert "New project" in html and reverse("project_create") in html
     for name in ("project_report", "case_list", "case_upload", "project_settings"):
         assert reverse(name, args=[project.slug]) in html
-    assert f"/api/v1/projects/{project.slug}/pairs.jsonl" in html
+    export = f"/api/v1/projects/{project.slug}/pairs.jsonl"
+    assert export in html
+    assert curator_client.get(export).status_code == 200  # the link works with the session
 
 
 def test_curator_creates_a_project(curator_client):
