@@ -405,7 +405,7 @@ def lease_next_comparison(
         candidates = (
             Comparison.objects.filter(project=project, needs_judgments=True)
             .exclude(Exists(judged_by_me))
-            .annotate(held=Coalesce(Subquery(live_others, output_field=IntegerField()), Value(0)))
+            .alias(held=Coalesce(Subquery(live_others, output_field=IntegerField()), Value(0)))
             .filter(judgment_count__lt=project.overlap - F("held"))
         )
         for _attempt in range(20):
