@@ -103,6 +103,10 @@ class ProjectCreateForm(forms.Form):
 
 
 class ProjectSettingsForm(forms.ModelForm):
+    overlap = forms.IntegerField(
+        min_value=1, max_value=20, help_text="How many annotators judge each pair."
+    )
+
     class Meta:
         model = Project
         fields = ["name", "guidelines", "overlap", "restricted", "members"]
@@ -110,7 +114,6 @@ class ProjectSettingsForm(forms.ModelForm):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["overlap"].min_value = 1
         self.fields["members"].queryset = get_user_model().objects.filter(is_active=True)
         self.fields["members"].help_text = "Who may label this project when it is restricted."
 

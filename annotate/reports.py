@@ -5,6 +5,7 @@ The statistics are plain Python over the four choices, so they are easy to check
 below them and read each judgment once.
 """
 
+import math
 from collections import Counter, defaultdict
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ from django.db.models.functions import Coalesce
 
 from annotate import selectors
 from annotate.models import Case, Choice, Comparison, Judgment, Project
+
+BIAS_Z = 2.576  # two-sided 1% level of the standard normal
 
 
 def cohen_kappa(pairs: Sequence[tuple[Hashable, Hashable]]) -> float | None:
@@ -94,6 +97,16 @@ class AnnotatorRow:
     def left_share(self) -> float | None:
         """Share of a/b judgments that picked the left side; near 0.5 when A/B order is ignored."""
         return self.picked_left / self.a_or_b if self.a_or_b else None
+
+    @property
+    def position_biased(self) -> bool:
+        """True when the left share is too far from 1/2 to be chance (two-sided p < 0.01).
+
+        With random A/B order, left picks are Binomial(n, 1/2) for an unbiased annotator; the
+        normal approximation z = (k - n/2) / sqrt(n/4) is fair from about 10 picks on.
+        """
+        n = self.a_or_b
+        return n >= 10 and abs(self.picked_left - n / 2) / math.sqrt(n / 4) > BIAS_Z
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from annotate.reports import cohen_kappa, krippendorff_alpha_nominal
+from annotate.reports import AnnotatorRow, cohen_kappa, krippendorff_alpha_nominal
 
 
 def test_cohen_kappa_on_the_textbook_table():
@@ -48,3 +48,18 @@ def test_alpha_is_one_for_perfect_agreement_and_undefined_without_pairs():
     assert krippendorff_alpha_nominal([("a", "a", "a"), ("tie", "tie")]) == pytest.approx(1.0)
     assert krippendorff_alpha_nominal([("a",), ("b",)]) is None
     assert krippendorff_alpha_nominal([("a", "a")]) is None
+
+
+def _row(picked_left: int, a_or_b: int) -> AnnotatorRow:
+    return AnnotatorRow("ann", a_or_b, a_or_b, picked_left, 0, 0, 0, None)
+
+
+def test_left_side_bias_is_flagged_only_beyond_chance():
+    # n = 100: z = (k - 50) / 5, flagged when |z| > 2.576, i.e. k >= 63 or k <= 37.
+    assert _row(62, 100).position_biased is False
+    assert _row(63, 100).position_biased is True
+    assert _row(37, 100).position_biased is True
+    assert _row(62, 100).left_share == pytest.approx(0.62)
+    # Too few picks to tell, however lopsided.
+    assert _row(9, 9).position_biased is False
+    assert _row(0, 0).left_share is None
