@@ -4,7 +4,7 @@ import re
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
-from django.test import override_settings
+from django.test import Client, override_settings
 from django.urls import reverse
 
 from accounts.services import user_create
@@ -372,16 +372,17 @@ def test_report_shows_progress_agreement_and_left_bias(
     curator_client, project, django_assert_max_num_queries
 ):
     services.project_update(project=project, overlap=2)
-    from django.test import Client
-
-    for username in ("ann", "bob"):
+    # Both pick the human answer (response b) on the first two pairs; on the third, ann does
+    # again and bob calls it a tie. Units (b,b), (b,b), (b,tie):
+    # kappa: p_o = 2/3, p_e = 1 * 2/3 = 2/3, so 0; alpha: 1 - 5 * 2 / (5*1 + 1*5) = 0.
+    plans = {"ann": ["human", "human", "human"], "bob": ["human", "human", "tie"]}
+    for username, plan in plans.items():
         client = Client()
         client.force_login(_make_user(username))
-        for _ in range(3):
+        for wanted in plan:
             comparison, shown_left, ticket = _shown_pair_for(client, project, username)
-            # Both pick the response the deployed model did not give, whatever the screen order.
             better = "a" if comparison.response_a.origin == "human" else "b"
-            pick = "left" if better == shown_left else "right"
+            pick = "tie" if wanted == "tie" else ("left" if better == shown_left else "right")
             client.post(
                 reverse("judge", args=[project.slug]), {"ticket": ticket, "pick": pick}, headers=HX
             )
@@ -389,9 +390,10 @@ def test_report_shows_progress_agreement_and_left_bias(
         html = curator_client.get(reverse("project_report", args=[project.slug])).content.decode()
     assert "<b>6</b> of 6 judgments" in html
     assert "<b>3</b> fully judged" in html
-    assert "ann · bob" in html
-    assert "Krippendorff" in html and "undefined (one label only)" in html
-    assert "of 3)" in html  # each annotator's left-side share is out of their 3 a/b picks
+    assert "<b>0.00</b> Krippendorff" in html
+    assert re.search(r"<td>ann · bob</td><td>3</td><td>0.00</td>", html)
+    # Left-side shares are out of each annotator's a/b picks: 3 for ann, 2 for bob.
+    assert "of 3)" in html and "of 2)" in html
 
 
 def _shown_pair_for(client, project, username):
