@@ -142,23 +142,25 @@ def test_a_worker_that_stops_heartbeating_is_reaped(curator, base_model):
     assert generation.status == "failed" and "gpu-1@host" in generation.error
 
 
-def _round_with_answers(project, curator, count: int) -> Round:
-    """A round 1 whose generation already ran: every case got a new answer."""
+def _round_with_answers(project, curator, count: int, number: int = 1) -> Round:
+    """A round whose generation already ran: the first ``count`` cases got a new answer.
+
+    The job row stands in for a finished training job: these tests read only its status."""
     from training.models import TrainingJob
 
-    zero = services._round_zero(project=project, actor=curator)
+    services._round_zero(project=project, actor=curator)
     job = TrainingJob.objects.create(
         project=project, status="succeeded", base_model="m", data_sha256="0" * 64
     )
-    first = Round.objects.create(project=project, number=zero.number + 1, job=job)
     generation = services.generation_create(
         project=project, actor=curator, cases=list(project.cases.all()), purpose="round"
     )
-    first.generation = generation
-    first.save()
+    current = Round.objects.create(project=project, number=number, job=job, generation=generation)
     for index, case in enumerate(project.cases.order_by("id")[:count]):
-        services.round_answer_store(current=first, case=case, text=f"a new answer {index}")
-    return first
+        services.round_answer_store(
+            current=current, case=case, text=f"answer {index} of round {number}"
+        )
+    return current
 
 
 def test_round_comparisons_are_blind_with_sides_drawn_at_random(curator, base_model):
@@ -277,3 +279,32 @@ def test_round_zero_takes_the_rejected_side_of_an_imported_pair(curator, base_mo
     case = project.cases.get()
     bad = services.original_bad_answer(case, list(Response.objects.filter(case=case)))
     assert bad.text == "bad answer"
+
+
+def test_more_than_two_rounds_add_a_bradley_terry_fit(client, curator, make_annotators, base_model):
+    """Round 1 beats round 0 in 3 of 4 cases, round 2 beats round 1 in 4 of 4."""
+    from annotate.services import judgment_submit
+    from training.winrate import bradley_terry_win_rates
+
+    project = make_flagged_project(flagged=4, heldout=0)
+    (judge,) = make_annotators(1)
+    games = []
+    for number, plan in ((1, (1, 1, 1, 0)), (2, (1, 1, 1, 1))):
+        current = _round_with_answers(project, curator.user, 4, number=number)
+        for answer, won in zip(current.answers.order_by("case_id"), plan, strict=True):
+            old_side = "b" if answer.new_side == "a" else "a"
+            choice = answer.new_side if won else old_side
+            judgment_submit(comparison=answer.comparison, annotator=judge, choice=choice)
+            games.append((number, number - 1, float(won)))
+
+    rows = selectors.rounds_timeline(project=project)
+    assert [row.round.number for row in rows] == [0, 1, 2]
+    assert rows[1].win_rate.rate == 0.75 and rows[2].win_rate.rate == 1.0
+    expected = bradley_terry_win_rates(games, 3)
+    assert rows[1].bradley_terry == expected[1] and rows[2].bradley_terry == expected[2]
+    assert rows[0].win_rate is None and rows[0].bradley_terry is None
+
+    client.force_login(curator.user)
+    page = client.get(f"/rounds/project/{project.slug}/").content.decode()
+    assert "Bradley–Terry (all rounds)" in page
+    assert "75% (" in page and "100% (" in page
