@@ -308,3 +308,19 @@ def test_more_than_two_rounds_add_a_bradley_terry_fit(client, curator, make_anno
     page = client.get(f"/rounds/project/{project.slug}/").content.decode()
     assert "Bradley–Terry (all rounds)" in page
     assert "75% (" in page and "100% (" in page
+
+
+def test_the_rounds_page_costs_the_same_queries_for_more_cases(client, curator, base_model):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    client.force_login(curator.user)
+    counts = []
+    for slug, cases in (("small", 2), ("large", 8)):
+        project = make_flagged_project(slug=slug, flagged=cases, heldout=0)
+        _round_with_answers(project, curator.user, cases)
+        client.get(f"/rounds/project/{slug}/")  # warm the session and role caches
+        with CaptureQueriesContext(connection) as queries:
+            assert client.get(f"/rounds/project/{slug}/").status_code == 200
+        counts.append(len(queries))
+    assert counts[0] == counts[1]
