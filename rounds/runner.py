@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from django.db import close_old_connections, connection
 
@@ -21,6 +22,7 @@ from rounds.models import GenerationRequest, Purpose
 logger = logging.getLogger(__name__)
 
 SEQUENCES_PER_BATCH = 16  # answers sampled in one forward batch (cases × n)
+CANCEL_CHECK_EVERY_S = 0.5
 
 
 class Heartbeat(threading.Thread):
@@ -52,15 +54,34 @@ def batches(cases: list[Case], n: int) -> list[list[Case]]:
     return [cases[start : start + size] for start in range(0, len(cases), size)]
 
 
+class CancelCheck:
+    """The engine's should_cancel, reading the request's cancel flag at most twice a second."""
+
+    def __init__(self, generation_id: int) -> None:
+        self.generation_id = generation_id
+        self.last_check = 0.0
+        self.cancelled = False
+
+    def __call__(self) -> bool:
+        now = time.monotonic()
+        if not self.cancelled and now - self.last_check >= CANCEL_CHECK_EVERY_S:
+            self.last_check = now
+            self.cancelled = services.generation_cancel_requested(generation_id=self.generation_id)
+        return self.cancelled
+
+
 def run_claimed_generation(generation: GenerationRequest) -> str:
     """Sample, store and record one request this worker has claimed; returns its final status."""
-    from training.engine import EngineError
+    from training.engine import Cancelled, EngineError
     from training.services import heartbeat_seconds
 
     heartbeat = Heartbeat(generation.pk, heartbeat_seconds())
     heartbeat.start()
     try:
         return _run(generation)
+    except Cancelled:
+        services.generation_mark_cancelled(generation_id=generation.pk)
+        return "cancelled"
     except EngineError as error:
         services.generation_fail(generation_id=generation.pk, error=str(error))
         return "failed"
@@ -93,9 +114,10 @@ def _run(generation: GenerationRequest) -> str:
         "generation %s: base model %s", generation.pk, "from memory" if from_memory else "loaded"
     )
     current_round = generation.round if generation.purpose == Purpose.ROUND else None
+    should_cancel = CancelCheck(generation.pk)
     done = 0
     for batch in batches(cases, generation.n):
-        if services.generation_cancel_requested(generation_id=generation.pk):
+        if should_cancel():
             services.generation_mark_cancelled(generation_id=generation.pk)
             return "cancelled"
         services.generation_record_progress(
@@ -112,6 +134,7 @@ def _run(generation: GenerationRequest) -> str:
             seed=generation.seed,
             adapter=generation.adapter_path or None,
             batch_size=SEQUENCES_PER_BATCH,
+            should_cancel=should_cancel,
         )
         for case, texts in zip(batch, answers, strict=True):
             if current_round is not None:
