@@ -36,7 +36,11 @@ CASES_PER_PAGE = 25
 
 
 def _partial(request: HttpRequest, template: str, name: str) -> str:
-    return f"{template}#{name}" if request.htmx else template
+    """The partial for an htmx swap; the whole page otherwise, and when htmx restores history
+    after a cache miss (it then asks with HX-Request too, and needs the full page)."""
+    if request.htmx and not request.htmx.history_restore_request:
+        return f"{template}#{name}"
+    return template
 
 
 @require_GET

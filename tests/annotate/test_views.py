@@ -353,6 +353,10 @@ def test_case_list_filters_and_pages_with_few_queries(
     assert "1 case<" in tagged and "Question 0?" in tagged
     flagged = curator_client.get(url, {"flagged": "yes"}, headers=HX).content.decode()
     assert flagged.lstrip().startswith('<section id="cases"') and "3 cases" in flagged
+    restored = curator_client.get(
+        url, {"flagged": "yes"}, headers={**HX, "HX-History-Restore-Request": "true"}
+    ).content.decode()
+    assert restored.lstrip().startswith("<!doctype html>")  # back button after a cache miss
     heldout = curator_client.get(url, {"split": "heldout", "page": "2"}).content.decode()
     assert "30 cases" in heldout and "page 2 of 2" in heldout
 
