@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.contrib import messages
+from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
@@ -30,7 +31,7 @@ from annotate.forms import (
     side_for,
 )
 from annotate.importing import MAX_TEXT_CHARS, ImportRejected
-from annotate.models import Choice, Comparison, Judgment, Project
+from annotate.models import Choice, Comparison, Judgment, Project, Response
 
 CASES_PER_PAGE = 25
 
@@ -56,7 +57,7 @@ def home(request: HttpRequest) -> HttpResponse:
 class ScreenSide:
     screen: str  # "left" | "right"
     label: str  # what the annotator reads: "A" on the left, "B" on the right
-    response: object
+    response: Response
 
 
 @dataclass
@@ -75,7 +76,11 @@ class PairItem:
 
 
 def _pair_item(
-    *, comparison: Comparison, shown_left: str, user, undone: Judgment | None = None
+    *,
+    comparison: Comparison,
+    shown_left: str,
+    user: AbstractBaseUser,
+    undone: Judgment | None = None,
 ) -> PairItem:
     left, right = (
         (comparison.response_a, comparison.response_b)
@@ -138,6 +143,12 @@ def _comparison(project: Project, comparison_id: int) -> Comparison:
     )
 
 
+def _as_seen(choice: str, shown_left: str) -> str:
+    """A choice in the words of the screen this annotator saw: "A better" means the left one."""
+    side = side_for(choice, shown_left)
+    return {"left": "A better", "right": "B better"}.get(side or "", Choice(choice).label)
+
+
 @require_GET
 @vary_on_headers("HX-Request")
 def compare(request: HttpRequest, slug: str) -> HttpResponse:
@@ -172,8 +183,7 @@ def judge(request: HttpRequest, slug: str) -> HttpResponse:
     except (services.JudgmentConflict, services.ComparisonTaken) as exc:
         notice, kind = str(exc), "error"
     else:
-        screen = {"left": "A better", "right": "B better"}
-        label = screen.get(side_for(choice, ticket.shown_left) or "", Choice(choice).label)
+        label = _as_seen(choice, ticket.shown_left)
         notice = f"Saved: {label}{' with your correct answer' if judgment.edited else ''}."
         kind = "success"
     if not request.htmx:
@@ -197,8 +207,7 @@ def undo(request: HttpRequest, slug: str) -> HttpResponse:
     item = _pair_item(
         comparison=comparison, shown_left=undone.shown_left, user=request.user, undone=undone
     )
-    side = side_for(undone.choice, undone.shown_left)
-    was = {"left": "A better", "right": "B better"}.get(side or "", Choice(undone.choice).label)
+    was = _as_seen(undone.choice, undone.shown_left)
     return _render_pair(
         request, project, item=item, notice=f"Undone: {was}. Judge this pair again."
     )
