@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import os
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 CORPUS = [
@@ -46,8 +50,6 @@ def build_tiny_model(
         pad_token="<pad>",
     )
     # A BOS on every plain prompt, like Llama tokenizers.
-    from tokenizers import processors
-
     fast.backend_tokenizer.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", fast.bos_token_id)]
     )
@@ -83,3 +85,24 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_chat_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny_chat"), chat_template=True)
+
+
+@pytest.fixture(scope="session")
+def demo_model_dir() -> Path:
+    """E2's demo model, built once per version of demo.py and kept between sessions (it takes
+    minutes); a file lock makes parallel sessions build it once."""
+    from training.engine import demo
+
+    version = hashlib.sha256(Path(demo.__file__).read_bytes()).hexdigest()[:12]
+    root = Path(os.environ.get("PATCHWISE_CACHE_DIR", Path.home() / ".cache" / "patchwise"))
+    target = root / f"test-demo-model-{version}"
+    root.mkdir(parents=True, exist_ok=True)
+    with (root / f"test-demo-model-{version}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (target / "scenario" / "eval.jsonl").is_file():
+            staging = root / f"test-demo-model-{version}.building-{os.getpid()}"
+            shutil.rmtree(staging, ignore_errors=True)
+            demo.build_demo_model(staging)
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(staging, target)
+    return target

@@ -45,8 +45,7 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _run_train(args: argparse.Namespace) -> int:
     from training.engine.config import validate_config
-    from training.engine.data import read_jsonl
-    from training.engine.modeling import check_model_folder
+    from training.engine.data import check_model_folder, read_jsonl
 
     config = TrainConfig(
         model=args.model,

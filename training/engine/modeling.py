@@ -7,7 +7,6 @@ training: ``train(..., base=loaded)`` reuses it and leaves it as it found it.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
+from training.engine.data import check_model_folder
 from training.engine.errors import EngineError
 
 # Files whose bytes define what the model computes; hashed (sampled) into the identity.
@@ -72,20 +72,6 @@ def _sampled_file_digest(file: Path) -> str:
             handle.seek(offset)
             digest.update(handle.read(_SAMPLE_BYTES))
     return digest.hexdigest()
-
-
-def check_model_folder(path: str | Path) -> Path:
-    """EngineError (one line) unless ``path`` looks like an HF model folder."""
-    folder = Path(path).expanduser()
-    if not folder.is_dir():
-        raise EngineError(f"model folder {folder} does not exist; pass a folder in HF format")
-    if not (folder / "config.json").is_file():
-        raise EngineError(f"model folder {folder} has no config.json; is it a Hugging Face model?")
-    try:
-        json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError) as error:
-        raise EngineError(f"cannot read {folder / 'config.json'}: {error}") from None
-    return folder
 
 
 def load_base(path: str | Path) -> LoadedBase:
