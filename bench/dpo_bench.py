@@ -94,7 +94,7 @@ def run_engine(model_dir: Path, pairs: list[dict], work: Path) -> dict:
 
     base = load_base(model_dir)
     config = TrainConfig(
-        model=str(model_dir), epochs=1, batch_size=BATCH, lora_r=RANK, lora_alpha=2 * RANK,
+        model=str(model_dir), epochs=1, batch_size=BATCH, lora_r=RANK,
         lr=1e-4, sft_weight=0.0, retain_weight=0.0, ref_cache_dir=str(work / "cache"),
     )  # fmt: skip
     loaded_rss = peak_rss_mb()

@@ -59,7 +59,6 @@ def _run_train(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         batch_size=args.batch_size,
         lora_r=args.lora_r,
-        lora_alpha=2 * args.lora_r,
         seed=args.seed,
     )
     validate_config(config)  # before loading anything: a bad config fails in a second

@@ -61,7 +61,7 @@ class TrainConfig:
 
     # --- LoRA (vLLM-servable by construction: no modules_to_save, no DoRA, bias none)
     lora_r: int = 16  # vLLM's default --max-lora-rank is 16; higher ranks need that flag raised
-    lora_alpha: int = 32  # scale = alpha / r
+    lora_alpha: int | None = None  # scale = alpha / r; None: 2 * lora_r (scale 2 at any rank)
     lora_dropout: float = 0.0  # 0 keeps the policy equal to the reference at step 0
     target_modules: tuple[str, ...] = DEFAULT_TARGET_MODULES
 
@@ -119,11 +119,16 @@ def validate_config(config: TrainConfig) -> None:
     _require(config.lr > 0, "'lr' must be above 0")
     _require(config.sft_weight >= 0 and config.retain_weight >= 0, "weights must be 0 or more")
     _require(0 <= config.label_smoothing < 0.5, "'label_smoothing' must lie in [0, 0.5)")
-    for name in ("epochs", "batch_size", "lora_r", "lora_alpha", "max_length", "max_new_tokens"):
+    for name in ("epochs", "batch_size", "lora_r", "max_length", "max_new_tokens"):
         value = getattr(config, name)
         _require(isinstance(value, int) and not isinstance(value, bool), f"'{name}' must be int")
         _require(value >= 1, f"'{name}' must be at least 1")
     _require(isinstance(config.seed, int), "'seed' must be an integer")
+    if config.lora_alpha is not None:
+        _require(
+            isinstance(config.lora_alpha, int | float) and config.lora_alpha > 0,
+            "'lora_alpha' must be a number above 0",
+        )
     if config.max_prompt_length is not None:
         _require(
             isinstance(config.max_prompt_length, int)

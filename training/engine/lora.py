@@ -46,7 +46,7 @@ def check_adapter_folder(path: Path) -> None:
 def lora_config(config: TrainConfig) -> LoraConfig:
     return LoraConfig(
         r=config.lora_r,
-        lora_alpha=config.lora_alpha,
+        lora_alpha=config.lora_alpha or 2 * config.lora_r,
         lora_dropout=config.lora_dropout,
         target_modules=list(config.target_modules),
         bias="none",
