@@ -108,6 +108,9 @@ def pair_logps_shared(
         logits_to_keep=1,
     )
     cache = prompt_out[CACHE_KWARG]
+    if not hasattr(cache, "batch_repeat_interleave"):
+        # an architecture whose cache cannot be repeated per answer: do it the plain way
+        return pair_logps_concat(model, pairs, pad_id=pad_id)
     cache.batch_repeat_interleave(2)  # rows: p0, p0, p1, p1, ... for c0, r0, c1, r1, ...
     first_logits = prompt_out.logits[:, -1:].repeat_interleave(2, dim=0)
 
