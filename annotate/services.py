@@ -16,9 +16,8 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db import transaction
-from django.db.models import Count, Exists, F, IntegerField, OuterRef, Q, Subquery, Value
-from django.db.models.functions import Coalesce
+from django.db import connection, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from accounts.roles import is_curator
@@ -362,12 +361,62 @@ def cases_import(
 
 
 # --- the queue --------------------------------------------------------------------------------
+#
+# The lease path is plain SQL: it runs for every pair an annotator sees, and compiling the same
+# query through the ORM cost more CPU than PostgreSQL spent running it (bench/queue_bench.py).
+# Table names come from the models' _meta, so a renamed table cannot go stale here.
+
+_COMPARISON = Comparison._meta.db_table
+_JUDGMENT = Judgment._meta.db_table
+_LEASE = Lease._meta.db_table
+
+# Comparisons of the project still open, not judged by this annotator, with a free slot once the
+# live leases of others are counted; the lowest id first, skipping rows another transaction has
+# locked. The partial index annotate_cmp_queue_idx holds exactly the open rows, in id order.
+_CANDIDATE_SQL = f"""
+    SELECT c.id FROM {_COMPARISON} c
+    WHERE c.project_id = %(project)s AND c.needs_judgments {{tried}}
+      AND NOT EXISTS (
+          SELECT 1 FROM {_JUDGMENT} j WHERE j.comparison_id = c.id AND j.annotator_id = %(user)s)
+      AND c.judgment_count + (
+          SELECT COUNT(*) FROM {_LEASE} l
+          WHERE l.comparison_id = c.id AND l.expires_at > %(now)s AND l.annotator_id <> %(user)s
+      ) < %(overlap)s
+    ORDER BY c.id LIMIT 1 {{lock}}
+"""
+_HOLDERS_SQL = f"""
+    SELECT c.judgment_count, (
+        SELECT COUNT(*) FROM {_LEASE} l
+        WHERE l.comparison_id = c.id AND l.expires_at > %(now)s AND l.annotator_id <> %(user)s)
+    FROM {_COMPARISON} c WHERE c.id = %(comparison)s
+"""
+_HELD_SQL = f"""
+    SELECT l.comparison_id, l.shown_left FROM {_LEASE} l JOIN {_COMPARISON} c
+      ON c.id = l.comparison_id
+    WHERE l.annotator_id = %(user)s AND c.project_id = %(project)s AND l.expires_at > %(now)s
+    ORDER BY l.id LIMIT 1
+"""
+_RENEW_SQL = f"""
+    UPDATE {_LEASE} SET expires_at = %(expires)s
+    WHERE comparison_id = %(comparison)s AND annotator_id = %(user)s
+"""
+# The annotator's own expired lease on this row, if one is left, is renewed in place.
+_UPSERT_SQL = f"""
+    INSERT INTO {_LEASE} (comparison_id, annotator_id, expires_at, shown_left, created_at)
+    VALUES (%(comparison)s, %(user)s, %(expires)s, %(side)s, %(now)s)
+    ON CONFLICT (comparison_id, annotator_id)
+    DO UPDATE SET expires_at = EXCLUDED.expires_at, shown_left = EXCLUDED.shown_left
+"""
 
 
-def _live_leases_of_others(*, comparison: Any, annotator: AbstractBaseUser, now) -> Any:
-    return Lease.objects.filter(comparison=comparison, expires_at__gt=now).exclude(
-        annotator=annotator
+def _leased(comparison_id: int, annotator: AbstractBaseUser, expires, shown_left: str):
+    comparison = Comparison.objects.select_related("case", "response_a", "response_b").get(
+        pk=comparison_id
     )
+    lease = Lease(
+        comparison=comparison, annotator=annotator, expires_at=expires, shown_left=shown_left
+    )
+    return comparison, lease, shown_left
 
 
 def lease_next_comparison(
@@ -375,70 +424,45 @@ def lease_next_comparison(
 ) -> tuple[Comparison, Lease, str] | None:
     """Hand the annotator a comparison that still needs them, under a lease that expires.
 
-    Returns (comparison, lease, shown_left) or None when nothing is left for them. An annotator
-    holds one lease per project: asking again (a reload) renews and returns the same one.
+    Returns (comparison, lease, shown_left) or None when nothing is left for them; `lease` is
+    an unsaved copy of the row written (its comparison, annotator, expires_at, shown_left). An
+    annotator holds one lease per project: asking again (a reload) renews and returns it.
     """
     require_project_access(project=project, user=annotator)
+    now = timezone.now()
+    expires = now + LEASE_DURATION
+    adapt = connection.ops.adapt_datetimefield_value  # SQLite stores its own text format
+    params = {
+        "project": project.pk,
+        "user": annotator.pk,
+        "now": adapt(now),
+        "expires": adapt(expires),
+    }
+    lock = "FOR UPDATE OF c SKIP LOCKED" if connection.features.has_select_for_update else ""
     tried: list[int] = []
-    with transaction.atomic():
-        now = timezone.now()
-        held = (
-            Lease.objects.select_related(
-                "comparison__case", "comparison__response_a", "comparison__response_b"
-            )
-            .filter(annotator=annotator, comparison__project=project, expires_at__gt=now)
-            .order_by("id")
-            .first()
-        )
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(_HELD_SQL, params)
+        held = cursor.fetchone()
         if held is not None:
-            held.expires_at = now + LEASE_DURATION
-            held.save(update_fields=["expires_at"])
-            return held.comparison, held, held.shown_left
-        live_others = (
-            Lease.objects.filter(comparison=OuterRef("pk"), expires_at__gt=now)
-            .exclude(annotator=annotator)
-            .values("comparison")
-            .annotate(n=Count("pk"))
-            .values("n")
-        )
-        judged_by_me = Judgment.objects.filter(comparison=OuterRef("pk"), annotator=annotator)
-        candidates = (
-            Comparison.objects.filter(project=project, needs_judgments=True)
-            .exclude(Exists(judged_by_me))
-            .alias(held=Coalesce(Subquery(live_others, output_field=IntegerField()), Value(0)))
-            .filter(judgment_count__lt=project.overlap - F("held"))
-        )
+            cursor.execute(_RENEW_SQL, {**params, "comparison": held[0]})
+            return _leased(held[0], annotator, expires, held[1])
         for _attempt in range(20):
-            comparison = (
-                candidates.exclude(pk__in=tried)
-                .select_related("case", "response_a", "response_b")
-                .order_by("id")
-                .select_for_update(skip_locked=True, of=("self",))
-                .first()
-            )
-            if comparison is None:
+            not_tried = f"AND c.id NOT IN ({', '.join(map(str, tried))})" if tried else ""
+            sql = _CANDIDATE_SQL.format(tried=not_tried, lock=lock)
+            cursor.execute(sql, {**params, "overlap": project.overlap})
+            row = cursor.fetchone()
+            if row is None:
                 return None
             # The candidate query ran on a snapshot taken before we held the row lock; a lease
             # committed in between is invisible to it. This count is a new statement, under the
             # lock, so it sees every lease that any other transaction wrote for this row.
-            holders = _live_leases_of_others(comparison=comparison, annotator=annotator, now=now)
-            if comparison.judgment_count + holders.count() < project.overlap:
-                lease = Lease(
-                    comparison=comparison,
-                    annotator=annotator,
-                    expires_at=now + LEASE_DURATION,
-                    shown_left=secrets.choice((Side.A, Side.B)),
-                )
-                lease.full_clean(exclude=["comparison", "annotator"], validate_constraints=False)
-                # The annotator's own expired lease on this row, if any, is renewed in place.
-                Lease.objects.bulk_create(
-                    [lease],
-                    update_conflicts=True,
-                    unique_fields=["comparison", "annotator"],
-                    update_fields=["expires_at", "shown_left"],
-                )
-                return comparison, lease, lease.shown_left
-            tried.append(comparison.pk)
+            cursor.execute(_HOLDERS_SQL, {**params, "comparison": row[0]})
+            judgment_count, holders = cursor.fetchone()
+            if judgment_count + holders < project.overlap:
+                side = secrets.choice((Side.A, Side.B))
+                cursor.execute(_UPSERT_SQL, {**params, "comparison": row[0], "side": side})
+                return _leased(row[0], annotator, expires, side)
+            tried.append(row[0])
     return None
 
 
@@ -478,14 +502,22 @@ def judgment_submit(
         errors["duration_ms"] = "duration_ms must be a non-negative number of milliseconds"
     if errors:
         raise ValidationError(errors)
-    with transaction.atomic():
-        project = comparison.project
-        require_project_access(project=project, user=annotator)
-        comparison = (
-            Comparison.objects.select_for_update(of=("self",))
-            .select_related("case")
-            .get(pk=comparison.pk)
+    project = comparison.project
+    require_project_access(project=project, user=annotator)
+    now = timezone.now()
+    params = {
+        "comparison": comparison.pk,
+        "user": annotator.pk,
+        "now": connection.ops.adapt_datetimefield_value(now),
+        "overlap": project.overlap,
+    }
+    lock = "FOR UPDATE" if connection.features.has_select_for_update else ""
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT judgment_count, label FROM {_COMPARISON} WHERE id = %(comparison)s {lock}",
+            params,
         )
+        judgment_count, label = cursor.fetchone()
         existing = Judgment.objects.filter(comparison=comparison, annotator=annotator).first()
         if existing is not None:
             if _same_judgment(existing, choice=choice, edited=edited, rationale=rationale):
@@ -494,23 +526,31 @@ def judgment_submit(
                 f"You already judged comparison {comparison.pk} as {existing.choice!r}; "
                 "undo it first to change it."
             )
-        if comparison.label:
+        if label:
             raise ComparisonTaken(f"Comparison {comparison.pk} was imported already labelled.")
-        now = timezone.now()
-        lease = Lease.objects.filter(comparison=comparison, annotator=annotator).first()
-        if lease is None or lease.expires_at <= now:
-            others = _live_leases_of_others(comparison=comparison, annotator=annotator, now=now)
-            if comparison.judgment_count + others.count() >= project.overlap:
+        cursor.execute(
+            f"SELECT expires_at > %(now)s, shown_left FROM {_LEASE} "
+            "WHERE comparison_id = %(comparison)s AND annotator_id = %(user)s",
+            params,
+        )
+        lease = cursor.fetchone()  # (live, shown_left) or None
+        if lease is None or not lease[0]:
+            cursor.execute(_HOLDERS_SQL, params)
+            if judgment_count + cursor.fetchone()[1] >= project.overlap:
                 raise ComparisonTaken(
                     f"Comparison {comparison.pk} is with other annotators; take the next one."
                 )
-        count = comparison.judgment_count + 1
-        updated = Comparison.objects.filter(
-            pk=comparison.pk, judgment_count__lt=project.overlap
-        ).update(judgment_count=count, needs_judgments=count < project.overlap)
-        if not updated:
+        # The database has the last word: the count never passes the overlap.
+        cursor.execute(
+            f"UPDATE {_COMPARISON} SET judgment_count = judgment_count + 1, "
+            "needs_judgments = (judgment_count + 1 < %(overlap)s) "
+            "WHERE id = %(comparison)s AND judgment_count < %(overlap)s",
+            params,
+        )
+        if cursor.rowcount != 1:
             raise ComparisonTaken(f"Comparison {comparison.pk} has all its judgments.")
-        comparison.judgment_count, comparison.needs_judgments = count, count < project.overlap
+        comparison.judgment_count = judgment_count + 1
+        comparison.needs_judgments = comparison.judgment_count < project.overlap
         corrected = None
         if edited:
             corrected = response_create(
@@ -523,7 +563,7 @@ def judgment_submit(
             edited=edited,
             corrected_response=corrected,
             rationale=rationale,
-            shown_left=shown_left or (lease.shown_left if lease else Side.A),
+            shown_left=shown_left or (lease[1] if lease else Side.A),
             duration_ms=duration_ms,
         )
         judgment.full_clean(
@@ -531,9 +571,11 @@ def judgment_submit(
         )
         judgment.save()
         # Its own lease is spent; expired ones of others on this row are cleared on the way.
-        Lease.objects.filter(comparison=comparison).filter(
-            Q(annotator=annotator) | Q(expires_at__lte=now)
-        ).delete()
+        cursor.execute(
+            f"DELETE FROM {_LEASE} WHERE comparison_id = %(comparison)s "
+            "AND (annotator_id = %(user)s OR expires_at <= %(now)s)",
+            params,
+        )
         audit_record(
             actor=annotator,
             action="judgment.create",
