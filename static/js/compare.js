@@ -53,16 +53,15 @@
     form.querySelector("textarea").focus();
   });
 
-  // Opening the editor by mouse also puts the cursor in it.
-  document.addEventListener(
-    "toggle",
-    function (event) {
-      if (event.target.id === "editor" && event.target.open) {
-        event.target.querySelector("textarea").focus();
-      }
-    },
-    true,
-  );
+  // Opening the editor by mouse also puts the cursor in it (after the click has toggled it).
+  // An editor that arrives open (after undoing a corrected answer) leaves the keys alone.
+  document.addEventListener("click", function (event) {
+    if (!event.target.closest("#editor > summary")) return;
+    setTimeout(function () {
+      const editor = document.getElementById("editor");
+      if (editor && editor.open) editor.querySelector("textarea").focus();
+    }, 0);
+  });
 
   document.addEventListener("keydown", function (event) {
     const target = event.target;

@@ -143,6 +143,22 @@ def test_mouse_users_have_buttons_with_the_key_hints(live_server, page, annotato
     page.get_by_text("Guidelines").click()
     expect(page.locator("#guidelines strong")).to_have_text("correct")
 
+    second = _current(annotator)
+    page.get_by_text("Write the correct answer").click()
+    editor = page.locator("#editor textarea")
+    expect(editor).to_be_focused()
+    page.get_by_role("button", name="Start from B").click()
+    right = (
+        second.comparison.response_b if second.shown_left == "a" else second.comparison.response_a
+    )
+    expect(editor).to_have_value(right.text)
+    editor.fill(right.text + "\n\nAnd then log in again.")
+    page.get_by_role("button", name="Save correct answer").click()
+    expect(page.locator("#pair .notice")).to_have_text("Saved: B better with your correct answer.")
+    judgment = Judgment.objects.get(annotator=annotator.user, comparison=second.comparison)
+    assert judgment.choice != second.shown_left  # B, the right side, is the one built on
+    assert judgment.edited.endswith("And then log in again.")
+
 
 def test_a_script_in_a_response_shows_as_text_and_never_runs(
     live_server, page, annotator, transactional_db
