@@ -44,13 +44,20 @@ def annotator(db) -> Account:
 
 
 @pytest.fixture
-def curator_client(client, curator):
+def curator_client(curator):
+    """A test client logged in as the curator (its own client: tests may use both roles)."""
+    from django.test import Client
+
+    client = Client()
     client.force_login(curator.user)
     return client
 
 
 @pytest.fixture
-def annotator_client(client, annotator):
+def annotator_client(annotator):
+    from django.test import Client
+
+    client = Client()
     client.force_login(annotator.user)
     return client
 
