@@ -42,7 +42,10 @@ class GenerationForm(forms.Form):
     n = forms.IntegerField(
         min_value=1, max_value=MAX_CANDIDATES, initial=_DEFAULTS.n, label="Candidates per case"
     )
-    temperature = forms.FloatField(min_value=0.0, max_value=5.0, initial=_DEFAULTS.temperature)
+    temperature = forms.FloatField(
+        min_value=0.01, max_value=5.0, initial=_DEFAULTS.temperature,
+        help_text="0.7-1.0 gives varied candidates.",
+    )  # fmt: skip
     top_p = forms.FloatField(min_value=0.01, max_value=1.0, initial=_DEFAULTS.top_p, label="Top-p")
     max_new_tokens = forms.IntegerField(
         min_value=1, max_value=MAX_NEW_TOKENS, initial=_DEFAULTS.max_new_tokens

@@ -9,6 +9,7 @@ heartbeat thread keeps the row alive while a batch is being sampled.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -100,9 +101,8 @@ def run_claimed_generation(generation: GenerationRequest) -> str:
 
 
 def _run(generation: GenerationRequest) -> str:
-    from training.engine.generate import sample_candidates
-
     from training import model_cache
+    from training.engine.generate import adapter_applied
 
     cases = list(generation.cases.order_by("id"))
     total = len(cases)
@@ -116,34 +116,61 @@ def _run(generation: GenerationRequest) -> str:
     current_round = generation.round if generation.purpose == Purpose.ROUND else None
     should_cancel = CancelCheck(generation.pk)
     done = 0
-    for batch in batches(cases, generation.n):
-        if should_cancel():
-            services.generation_mark_cancelled(generation_id=generation.pk)
-            return "cancelled"
-        services.generation_record_progress(
-            generation_id=generation.pk,
-            progress={"phase": "sampling", "step": done, "total": total},
-        )
-        answers = sample_candidates(
-            base,
-            [case.prompt for case in batch],
-            n=generation.n,
-            temperature=generation.temperature,
-            top_p=generation.top_p,
-            max_new_tokens=generation.max_new_tokens,
-            seed=generation.seed,
-            adapter=generation.adapter_path or None,
-            batch_size=SEQUENCES_PER_BATCH,
-            should_cancel=should_cancel,
-        )
-        for case, texts in zip(batch, answers, strict=True):
+    # The adapter goes on once for the whole request (and comes off after, even on an error).
+    with adapter_applied(base, generation.adapter_path or None) as model:
+        wearing = dataclasses.replace(base, model=model)
+        for batch in batches(cases, generation.n):
+            if should_cancel():
+                services.generation_mark_cancelled(generation_id=generation.pk)
+                return "cancelled"
+            services.generation_record_progress(
+                generation_id=generation.pk,
+                progress={"phase": "sampling", "step": done, "total": total},
+            )
             if current_round is not None:
-                services.round_answer_store(current=current_round, case=case, text=texts[0])
+                for case, text in zip(batch, _greedy(wearing, generation, batch), strict=True):
+                    services.round_answer_store(current=current_round, case=case, text=text)
             else:
-                services.candidates_store(generation=generation, case=case, texts=texts)
-        done += len(batch)
+                sampled = _sample(wearing, generation, batch, should_cancel)
+                for case, texts in zip(batch, sampled, strict=True):
+                    services.candidates_store(
+                        generation=generation, case=case, texts=texts, sampled=generation.n
+                    )
+            done += len(batch)
     services.generation_record_progress(
         generation_id=generation.pk, progress={"phase": "sampling", "step": done, "total": total}
     )
     services.generation_succeed(generation_id=generation.pk)
     return "succeeded"
+
+
+def _sample(base, generation: GenerationRequest, cases: list[Case], should_cancel) -> list:
+    """N distinct sampled answers per case, none equal to an answer the case already has."""
+    from training.engine.generate import sample_candidates
+
+    existing = [list(case.responses.values_list("text", flat=True)) for case in cases]
+    return sample_candidates(
+        base,
+        [case.prompt for case in cases],
+        n=generation.n,
+        temperature=generation.temperature,
+        top_p=generation.top_p,
+        max_new_tokens=generation.max_new_tokens,
+        seed=generation.seed,
+        batch_size=SEQUENCES_PER_BATCH,
+        existing=existing,
+        should_cancel=should_cancel,
+    )
+
+
+def _greedy(base, generation: GenerationRequest, cases: list[Case]) -> list[str]:
+    """A round's answer per case: greedy, as the job's before/after report answers."""
+    from training.engine.evaluate import generate_greedy
+
+    return generate_greedy(
+        base.model,
+        base.tokenizer,
+        [case.prompt for case in cases],
+        generation.max_new_tokens,
+        batch_size=SEQUENCES_PER_BATCH,
+    )

@@ -12,6 +12,7 @@ so each meets two others. 2N comparisons instead of N(N+1)/2.
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -71,8 +72,11 @@ def sampling_settings(**given: Any) -> SamplingSettings:
     if not 1 <= n <= MAX_CANDIDATES:
         raise GenerationRefused(f"'n' must lie between 1 and {MAX_CANDIDATES}, not {n}")
     temperature = _number(settings_.temperature, "temperature")
-    if not 0 <= temperature <= 5:
-        raise GenerationRefused(f"'temperature' must lie between 0 and 5, not {temperature}")
+    if not 0 < temperature <= 5:
+        raise GenerationRefused(
+            f"'temperature' must lie in (0, 5], not {temperature}; 0.7-1.0 gives varied "
+            "candidates (a round's answers are greedy on their own)"
+        )
     top_p = _number(settings_.top_p, "top_p")
     if not 0 < top_p <= 1:
         raise GenerationRefused(f"'top_p' must lie in (0, 1], not {top_p}")
@@ -93,6 +97,11 @@ def job_adapter_path(job: Any) -> str:
     if job.status != JobStatus.SUCCEEDED:
         raise GenerationRefused(
             f"job {job.pk} has {job.status}, so it has no adapter; pick a job that succeeded"
+        )
+    if job.adapter:
+        raise GenerationRefused(
+            f"job {job.pk}'s patch was trained on top of adapter {job.adapter}; sampling from a "
+            "stack of adapters is not supported yet: pick a job trained on the base model alone"
         )
     folder = job_dir(job.pk) / "adapter"
     if not (folder / "adapter_config.json").is_file():
@@ -132,6 +141,8 @@ def generation_create(
     """
     require_curator(actor)
     sampling = sampling or SamplingSettings()
+    if purpose == Purpose.CANDIDATES:
+        sampling_settings(**dataclasses.asdict(sampling))  # a round's greedy settings are ours
     cases = list(cases)
     if not cases:
         raise GenerationRefused(
@@ -473,14 +484,16 @@ class StoredCandidates:
 
 
 def candidates_store(
-    *, generation: GenerationRequest, case: Case, texts: Iterable[str]
+    *, generation: GenerationRequest, case: Case, texts: Iterable[str], sampled: int | None = None
 ) -> StoredCandidates:
     """Store one case's sampled answers, dropping exact duplicates (of each other and of the
     case's existing answers, ignoring surrounding whitespace) and empty ones, and queue the
-    comparisons that cover them. One transaction per case."""
+    comparisons that cover them. One transaction per case. ``sampled``: how many answers were
+    drawn, when the sampler already dropped some (default: as many as ``texts``)."""
     from annotate.services import comparison_create
 
     texts = [storable_text(text) for text in texts]
+    sampled = len(texts) if sampled is None else max(sampled, len(texts))
     with transaction.atomic():
         existing = list(Response.objects.filter(case=case).order_by("id"))
         seen = {response.text.strip() for response in existing}
@@ -499,13 +512,13 @@ def candidates_store(
             response_a, response_b = _random_order(pair)
             comparison_create(case=case, response_a=response_a, response_b=response_b)
         GenerationRequest.objects.filter(pk=generation.pk).update(
-            sampled_count=F("sampled_count") + len(texts),
+            sampled_count=F("sampled_count") + sampled,
             candidate_count=F("candidate_count") + len(new),
-            duplicate_count=F("duplicate_count") + len(texts) - len(new),
+            duplicate_count=F("duplicate_count") + sampled - len(new),
             comparison_count=F("comparison_count") + len(pairs),
         )
     return StoredCandidates(
-        sampled=len(texts), stored=new, duplicates=len(texts) - len(new), comparisons=len(pairs)
+        sampled=sampled, stored=new, duplicates=sampled - len(new), comparisons=len(pairs)
     )
 
 

@@ -79,6 +79,10 @@ def test_api_launch_is_for_curators_and_names_bad_input(client, curator, annotat
 
     bad_n = client.post(url, {"n": 0}, content_type="application/json", **bearer(curator_token))
     assert bad_n.status_code == 400 and "'n'" in bad_n.json()["detail"]
+    cold = client.post(
+        url, {"temperature": 0}, content_type="application/json", **bearer(curator_token)
+    )
+    assert cold.status_code == 400 and "'temperature'" in cold.json()["detail"]
     missing = client.post(
         url, {"model": "/no/such/model"}, content_type="application/json", **bearer(curator_token)
     )
