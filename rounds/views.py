@@ -39,7 +39,9 @@ def project_rounds(request: HttpRequest, slug: str) -> HttpResponse:
 @curator_required
 def round_next(request: HttpRequest, slug: str) -> HttpResponse:
     project = _project(slug)
-    job = selectors.jobs_ready_for_round(project=project).filter(pk=request.POST.get("job")).first()
+    job_id = request.POST.get("job", "")
+    ready = selectors.jobs_ready_for_round(project=project)
+    job = ready.filter(pk=int(job_id)).first() if job_id.isdigit() else None
     if job is None:
         messages.error(request, "Pick a succeeded job that has no round yet.")
         return redirect("rounds:project_rounds", slug=slug)

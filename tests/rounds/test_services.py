@@ -328,3 +328,17 @@ def test_the_rounds_page_costs_the_same_queries_for_more_cases(client, curator, 
             assert client.get(f"/rounds/project/{slug}/").status_code == 200
         counts.append(len(queries))
     assert counts[0] == counts[1]
+
+
+def test_next_round_refuses_a_job_that_is_not_ready(client, curator, base_model):
+    from training.models import TrainingJob
+
+    project = make_flagged_project(flagged=1, heldout=0)
+    failed = TrainingJob.objects.create(
+        project=project, status="failed", base_model="m", data_sha256="0" * 64
+    )
+    client.force_login(curator.user)
+    for job in ("abc", str(failed.pk), ""):
+        response = client.post(f"/rounds/project/{project.slug}/next/", {"job": job}, follow=True)
+        assert b"Pick a succeeded job" in response.content
+    assert not Round.objects.exists()
