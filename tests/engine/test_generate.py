@@ -10,6 +10,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from training.engine.__main__ import main
+from training.engine.errors import Cancelled
 from training.engine.generate import sample_candidates
 from training.engine.modeling import load_base
 
@@ -93,6 +94,25 @@ def test_progress_is_reported_per_batch(base):
     sample_candidates(base, PROMPTS, n=2, max_new_tokens=4, batch_size=2, on_progress=seen.append)
     assert [p["step"] for p in seen] == [0, 1, 2, 3]
     assert {p["total"] for p in seen} == {3}
+
+
+def test_cancel_stops_between_passes(base):
+    passes = []
+
+    def cancel_after_two_passes() -> bool:
+        passes.append(1)
+        return len(passes) > 2
+
+    with pytest.raises(Cancelled, match="after 2 of 3 prompts"):
+        sample_candidates(
+            base,
+            PROMPTS,
+            n=2,
+            max_new_tokens=4,
+            batch_size=2,
+            should_cancel=cancel_after_two_passes,
+        )
+    assert not hasattr(base.model, "peft_config")
 
 
 def write_jsonl(path: Path, rows: list) -> Path:

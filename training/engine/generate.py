@@ -58,43 +58,45 @@ def sample_candidates(
 
     Exact duplicates (after stripping whitespace), empty answers and answers already in
     ``existing[i]`` are dropped, so a prompt may get fewer than ``n``. ``batch_size`` counts
-    answers per forward pass (prompts x n). With ``adapter``, the adapter is loaded on top of
-    ``base`` for the call and removed afterwards: the base is left as it was found.
-    ``on_progress`` gets ``{"phase": "sampling", "step": prompts done, "total": prompts}``;
-    ``should_cancel`` is asked between batches and raises ``Cancelled`` when it says so.
+    answers per forward pass (a prompt's answers may span two passes). With ``adapter``, the
+    adapter is loaded on top of ``base`` for the call and removed afterwards: the base is left
+    as it was found. ``on_progress`` gets ``{"phase": "sampling", "step": prompts done,
+    "total": prompts}`` before each pass and at the end; ``should_cancel`` is asked before each
+    pass and ``Cancelled`` is raised when it says so.
     """
     check_sampling_options(n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
     if existing is not None and len(existing) != len(prompts):
         raise EngineError(f"existing answers: got {len(existing)} lists for {len(prompts)} prompts")
     tokenizer = base.tokenizer
-    prompts_per_batch = max(1, batch_size // n)
-    candidates: list[list[str]] = []
+    prompt_ids = [encode_prompt(tokenizer, prompt) for prompt in prompts]
+    answers_to_draw = [(index, sample) for index in range(len(prompts)) for sample in range(n)]
+    texts: list[list[str]] = [[] for _ in prompts]
+    eos_ids = eos_token_ids(base)
     with adapter_applied(base, adapter) as model:
-        for start in range(0, len(prompts), prompts_per_batch):
+        for start in range(0, len(answers_to_draw), batch_size):
             if should_cancel is not None and should_cancel():
-                raise Cancelled(f"sampling stopped after {start} of {len(prompts)} prompts")
+                raise Cancelled(f"sampling stopped after {start // n} of {len(prompts)} prompts")
             if on_progress is not None:
-                on_progress({"phase": "sampling", "step": start, "total": len(prompts)})
-            batch = prompts[start : start + prompts_per_batch]
-            rows = [encode_prompt(tokenizer, prompt) for prompt in batch for _ in range(n)]
-            seeds = [answer_seed(seed, prompt, sample) for prompt in batch for sample in range(n)]
+                on_progress({"phase": "sampling", "step": start // n, "total": len(prompts)})
+            batch = answers_to_draw[start : start + batch_size]
             answers = sample_answer_ids(
                 model,
-                rows,
-                seeds,
-                eos_ids=eos_token_ids(base),
+                [prompt_ids[index] for index, _ in batch],
+                [answer_seed(seed, prompts[index], sample) for index, sample in batch],
+                eos_ids=eos_ids,
                 pad_id=tokenizer.pad_token_id,
                 temperature=temperature,
                 top_p=top_p,
                 max_new_tokens=max_new_tokens,
             )
-            texts = [tokenizer.decode(ids, skip_special_tokens=True) for ids in answers]
-            for offset in range(len(batch)):
-                known = existing[start + offset] if existing is not None else []
-                candidates.append(distinct(texts[offset * n : (offset + 1) * n], known))
+            for (index, _), ids in zip(batch, answers, strict=True):
+                texts[index].append(tokenizer.decode(ids, skip_special_tokens=True))
     if on_progress is not None:
         on_progress({"phase": "sampling", "step": len(prompts), "total": len(prompts)})
-    return candidates
+    return [
+        distinct(drawn, existing[index] if existing is not None else [])
+        for index, drawn in enumerate(texts)
+    ]
 
 
 def check_sampling_options(
