@@ -518,8 +518,13 @@ def judgment_submit(
             params,
         )
         judgment_count, label = cursor.fetchone()
-        existing = Judgment.objects.filter(comparison=comparison, annotator=annotator).first()
-        if existing is not None:
+        cursor.execute(
+            f"SELECT id FROM {_JUDGMENT} "
+            "WHERE comparison_id = %(comparison)s AND annotator_id = %(user)s",
+            params,
+        )
+        if (row := cursor.fetchone()) is not None:
+            existing = Judgment.objects.get(pk=row[0])
             if _same_judgment(existing, choice=choice, edited=edited, rationale=rationale):
                 return existing, False
             raise JudgmentConflict(

@@ -241,8 +241,8 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / ticks
 
 
-def server_pids(gunicorn_pid: int, database: str) -> list[int]:
-    """gunicorn's workers and the PostgreSQL backends serving the bench database."""
+def server_pids(gunicorn_pid: int, database: str) -> tuple[list[int], list[int]]:
+    """gunicorn and its workers; the PostgreSQL backends serving the bench database."""
     from django.db import connection
 
     workers = [
@@ -256,7 +256,7 @@ def server_pids(gunicorn_pid: int, database: str) -> list[int]:
             [database],
         )
         backends = [row[0] for row in cursor.fetchall()]
-    return [gunicorn_pid, *workers, *backends]
+    return [gunicorn_pid, *workers], backends
 
 
 def _parent(pid: int) -> int | None:
@@ -264,6 +264,30 @@ def _parent(pid: int) -> int | None:
         return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
     except (OSError, ValueError, IndexError):
         return None
+
+
+def explain_queue(project) -> str:
+    """Execution time and index of the candidate query, for a fresh annotator."""
+    from django.db import connection
+    from django.utils import timezone
+
+    from annotate.services import _CANDIDATE_SQL
+
+    sql = _CANDIDATE_SQL.format(tried="", lock="FOR UPDATE OF c SKIP LOCKED")
+    params = {"project": project.pk, "user": 0, "now": timezone.now(), "overlap": project.overlap}
+    with connection.cursor() as cursor:
+        cursor.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + sql, params)
+        plan = cursor.fetchone()[0]
+    plan = plan[0] if isinstance(plan, list) else json.loads(plan)[0]
+    indexes = sorted(set(_index_names(plan["Plan"])))
+    return f"{plan['Execution Time']:.2f} ms, {', '.join(indexes) or 'no index'}"
+
+
+def _index_names(node: dict):
+    if "Index Name" in node and node.get("Relation Name") == "annotate_comparison":
+        yield node["Index Name"]
+    for child in node.get("Plans", []):
+        yield from _index_names(child)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -357,10 +381,11 @@ def main() -> int:
             for token in tokens
         ]
         database = urlparse(args.database_url).path.lstrip("/")
-        cpu_before = cpu_seconds(server_pids(server.pid, database))
+        app_before, db_before = map(cpu_seconds, server_pids(server.pid, database))
         http_elapsed, load_before, load_after = run_clients(http_clients)
         # Backends opened during the run started at zero CPU, so the difference is the run's.
-        cpu_used = cpu_seconds(server_pids(server.pid, database)) - cpu_before
+        app_after, db_after = map(cpu_seconds, server_pids(server.pid, database))
+        app_cpu, db_cpu = app_after - app_before, db_after - db_before
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -389,12 +414,13 @@ def main() -> int:
         print(f"| {name} | {http_row[name]} | {direct_row[name]} |")
     http_judgments = sum(len(client.created) for client in http_clients)
     if http_judgments:
-        per_judgment = cpu_used / http_judgments * 1000
+        app_ms, db_ms = app_cpu / http_judgments * 1000, db_cpu / http_judgments * 1000
         print(
-            f"| CPU per judgment, lease + submit (gunicorn + PostgreSQL) | {per_judgment:.1f} ms; "
-            f"{os.cpu_count()} idle cores would serve about "
-            f"{os.cpu_count() * 1000 / per_judgment:.0f} judgments/s | |"
+            f"| CPU per judgment (lease + submit): gunicorn + PostgreSQL | {app_ms:.1f} + "
+            f"{db_ms:.1f} ms; {os.cpu_count()} idle cores would serve about "
+            f"{os.cpu_count() * 1000 / (app_ms + db_ms):.0f} judgments/s | |"
         )
+    print(f"| queue query alone (EXPLAIN ANALYZE, after the run) | {explain_queue(project)} | |")
     print()
     print("| check (both columns, against the database) | count |")
     print("|---|---|")

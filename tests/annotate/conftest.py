@@ -6,6 +6,12 @@ from accounts.services import user_create
 
 
 @pytest.fixture
+def fast_password_hashing(settings):
+    """Tests that create many users skip PBKDF2's deliberate slowness; nothing here logs in."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture
 def project(db):
     from annotate.services import project_create
 

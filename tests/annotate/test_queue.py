@@ -23,6 +23,8 @@ from annotate.services import (
 )
 from tests.annotate.conftest import make_pairs
 
+pytestmark = pytest.mark.usefixtures("fast_password_hashing")
+
 
 def test_two_annotators_never_get_the_same_comparison_with_overlap_1(project, make_user):
     make_pairs(project, 2)
