@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -188,23 +189,22 @@ def _transition(
     to_status: str,
     action: str,
     actor: AbstractBaseUser | None = None,
-    fields: dict[str, Any] | None = None,
+    fields: Callable[[TrainingJob], dict[str, Any]] | None = None,
     audit_extra: dict[str, Any] | None = None,
+    still: Q | None = None,
 ) -> TrainingJob | None:
-    """Move one job between states with a filtered update; None when it was not in from_statuses.
+    """Move one job between states under a row lock; None when it was not in from_statuses
+    (or no longer matches ``still``). ``fields(job)`` gives the other fields to change.
 
     The filter is the lock: two workers, or a worker and the reaper, cannot both win.
     """
     with transaction.atomic():
-        job = (
-            TrainingJob.objects.select_for_update()
-            .filter(pk=job_id, status__in=from_statuses)
-            .first()
-        )
+        rows = TrainingJob.objects.select_for_update().filter(pk=job_id, status__in=from_statuses)
+        job = (rows.filter(still) if still is not None else rows).first()
         if job is None:
             return None
         old_status = job.status
-        changes = {"status": to_status, **(fields or {})}
+        changes = {"status": to_status, **(fields(job) if fields else {})}
         for name, value in changes.items():
             setattr(job, name, value)
         job.save(update_fields=list(changes))
@@ -218,27 +218,35 @@ def _transition(
     return job
 
 
+def _ended(job: TrainingJob, phase: str) -> dict[str, Any]:
+    return {
+        "finished_at": timezone.now(),
+        "progress": {**job.progress, "phase": phase, "eta_seconds": None},
+    }
+
+
 def job_claim(*, job_id: int, worker_name: str) -> TrainingJob | None:
     """queued -> running for this worker; None when another worker has it or it was cancelled."""
     now = timezone.now()
-    claimed = TrainingJob.objects.filter(pk=job_id, status=JobStatus.QUEUED).update(
-        status=JobStatus.RUNNING,
-        worker_name=worker_name,
-        started_at=now,
-        heartbeat_at=now,
-        attempts=F("attempts") + 1,
-        progress={"phase": "starting", "step": 0, "total": 0, "eta_seconds": None},
-    )
-    if not claimed:
-        return None
-    job = TrainingJob.objects.select_related("project").get(pk=job_id)
-    audit_record(
-        actor=None,
-        action="job.claim",
-        target=job,
-        old_value={"status": JobStatus.QUEUED},
-        new_value={"status": JobStatus.RUNNING, "worker": worker_name},
-    )
+    with transaction.atomic():
+        claimed = TrainingJob.objects.filter(pk=job_id, status=JobStatus.QUEUED).update(
+            status=JobStatus.RUNNING,
+            worker_name=worker_name,
+            started_at=now,
+            heartbeat_at=now,
+            attempts=F("attempts") + 1,
+            progress={"phase": "starting", "step": 0, "total": 0, "eta_seconds": None},
+        )
+        if not claimed:
+            return None
+        job = TrainingJob.objects.select_related("project").get(pk=job_id)
+        audit_record(
+            actor=None,
+            action="job.claim",
+            target=job,
+            old_value={"status": JobStatus.QUEUED},
+            new_value={"status": JobStatus.RUNNING, "worker": worker_name},
+        )
     return job
 
 
@@ -284,47 +292,43 @@ def job_succeed(
     artifact_path: str,
     artifact_sha256: str,
 ) -> TrainingJob | None:
-    now = timezone.now()
-    job = TrainingJob.objects.only("progress").get(pk=job_id)
-    progress = {**job.progress, "phase": "done", "eta_seconds": 0}
-    if progress.get("total"):
-        progress["step"] = progress["total"]
-    return _transition(
-        job_id=job_id,
-        from_statuses=(JobStatus.RUNNING,),
-        to_status=JobStatus.SUCCEEDED,
-        action="job.succeed",
-        fields={
+    def fields(job: TrainingJob) -> dict[str, Any]:
+        progress = {**job.progress, "phase": "done", "percent": 100, "eta_seconds": 0}
+        if progress.get("total"):
+            progress["step"] = progress["total"]
+        return {
             "report": report,
             "metrics_series": metrics_series,
             "latest_metrics": latest_metrics,
             "artifact_path": artifact_path,
             "artifact_sha256": artifact_sha256,
-            "finished_at": now,
-            "heartbeat_at": now,
+            "finished_at": timezone.now(),
+            "heartbeat_at": timezone.now(),
             "progress": progress,
-        },
+        }
+
+    return _transition(
+        job_id=job_id,
+        from_statuses=(JobStatus.RUNNING,),
+        to_status=JobStatus.SUCCEEDED,
+        action="job.succeed",
+        fields=fields,
         audit_extra={"artifact_sha256": artifact_sha256},
     )
 
 
 def job_fail(
-    *, job_id: int, error: str, actor: AbstractBaseUser | None = None
+    *, job_id: int, error: str, actor: AbstractBaseUser | None = None, still: Q | None = None
 ) -> TrainingJob | None:
-    now = timezone.now()
-    job = TrainingJob.objects.only("progress").get(pk=job_id)
     return _transition(
         job_id=job_id,
         from_statuses=(JobStatus.QUEUED, JobStatus.RUNNING),
         to_status=JobStatus.FAILED,
         action="job.fail",
         actor=actor,
-        fields={
-            "error": error,
-            "finished_at": now,
-            "progress": {**job.progress, "phase": "failed", "eta_seconds": None},
-        },
+        fields=lambda job: {"error": error, **_ended(job, "failed")},
         audit_extra={"error": error},
+        still=still,
     )
 
 
@@ -334,18 +338,13 @@ def job_cancel(*, job: TrainingJob, actor: AbstractBaseUser) -> TrainingJob:
     require_curator(actor)
     if job.is_finished:
         raise JobRefused(f"job {job.pk} has already {job.status}; there is nothing to cancel")
-    now = timezone.now()
     cancelled = _transition(
         job_id=job.pk,
         from_statuses=(JobStatus.QUEUED,),
         to_status=JobStatus.CANCELLED,
         action="job.cancel",
         actor=actor,
-        fields={
-            "cancel_requested": True,
-            "finished_at": now,
-            "progress": {**job.progress, "phase": "cancelled", "eta_seconds": None},
-        },
+        fields=lambda row: {"cancel_requested": True, **_ended(row, "cancelled")},
     )
     if cancelled is not None:
         return cancelled
@@ -367,17 +366,12 @@ def job_cancel(*, job: TrainingJob, actor: AbstractBaseUser) -> TrainingJob:
 
 def job_mark_cancelled(*, job_id: int) -> TrainingJob | None:
     """The worker saw the cancel request and stopped: running -> cancelled."""
-    now = timezone.now()
-    job = TrainingJob.objects.only("progress").get(pk=job_id)
     return _transition(
         job_id=job_id,
         from_statuses=(JobStatus.RUNNING,),
         to_status=JobStatus.CANCELLED,
         action="job.cancelled",
-        fields={
-            "finished_at": now,
-            "progress": {**job.progress, "phase": "cancelled", "eta_seconds": None},
-        },
+        fields=lambda job: _ended(job, "cancelled"),
     )
 
 
@@ -404,6 +398,7 @@ def job_reap_stale(
             )
         error = f"The job stopped: {reason}. Launch it again; if it fails the same way, look at "
         error += "the worker's log and memory."
-        if job_fail(job_id=job.pk, error=error) is not None:
+        # Re-checked under the row lock: a heartbeat that arrived meanwhile saves the job.
+        if job_fail(job_id=job.pk, error=error, still=stale) is not None:
             reaped.append(job.pk)
     return reaped
