@@ -40,7 +40,6 @@ from rounds.models import (
 MAX_CANDIDATES = 16  # per case and request; more is better done as two requests
 MAX_NEW_TOKENS = 4096
 MAX_CASES = 5000
-ROUND_MAX_NEW_TOKENS = 128
 
 
 class GenerationRefused(Exception):
@@ -602,8 +601,10 @@ def round_next(*, project: Project, job: Any, actor: AbstractBaseUser) -> Round:
 
 def _round_max_new_tokens(job: Any) -> int:
     """As long as the job's own before/after answers, so the two reports agree."""
+    from training.engine.config import TrainConfig
+
     value = (job.config or {}).get("max_new_tokens")
-    return value if isinstance(value, int) and value >= 1 else ROUND_MAX_NEW_TOKENS
+    return value if isinstance(value, int) and value >= 1 else TrainConfig().max_new_tokens
 
 
 def previous_answer(*, current: Round, case: Case) -> Response | None:
