@@ -133,8 +133,11 @@ class Comparison(models.Model):
             ),
         ]
         indexes = [
+            # The queue's order (started comparisons first, then oldest first) over open rows
+            # only; the primary key cannot serve this order, so the planner never walks judged
+            # rows in id order however stale its statistics are.
             models.Index(
-                fields=["project", "id"],
+                fields=["project", "-judgment_count", "id"],
                 condition=Q(needs_judgments=True),
                 name="annotate_cmp_queue_idx",
             ),

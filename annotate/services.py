@@ -371,8 +371,9 @@ _JUDGMENT = Judgment._meta.db_table
 _LEASE = Lease._meta.db_table
 
 # Comparisons of the project still open, not judged by this annotator, with a free slot once the
-# live leases of others are counted; the lowest id first, skipping rows another transaction has
-# locked. The partial index annotate_cmp_queue_idx holds exactly the open rows, in id order.
+# live leases of others are counted; those already started first (with overlap > 1 they finish
+# sooner), then the oldest, skipping rows another transaction has locked. The partial index
+# annotate_cmp_queue_idx holds exactly the open rows, in this order.
 _CANDIDATE_SQL = f"""
     SELECT c.id FROM {_COMPARISON} c
     WHERE c.project_id = %(project)s AND c.needs_judgments {{tried}}
@@ -382,7 +383,7 @@ _CANDIDATE_SQL = f"""
           SELECT COUNT(*) FROM {_LEASE} l
           WHERE l.comparison_id = c.id AND l.expires_at > %(now)s AND l.annotator_id <> %(user)s
       ) < %(overlap)s
-    ORDER BY c.id LIMIT 1 {{lock}}
+    ORDER BY c.judgment_count DESC, c.id LIMIT 1 {{lock}}
 """
 _HOLDERS_SQL = f"""
     SELECT c.judgment_count, (
