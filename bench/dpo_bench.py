@@ -2,6 +2,7 @@
 
     python bench/dpo_bench.py                    # both scenarios, prints a table
     python bench/dpo_bench.py --scenarios long --markdown
+    python bench/dpo_bench.py --ablation DEMO_MODEL_DIR   # do retain + early stop earn their place?
 
 Same random-init Llama (hidden 512, 6 layers, word-level vocabulary), same 64 pairs, LoRA r16
 on q,k,v,o,gate,up,down, batch 8, one epoch, sigmoid DPO, fp32, for two shapes of pair:
@@ -26,6 +27,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run as a script from anywhere
 SCENARIOS = {"long": (256, 48), "balanced": (64, 64)}
 PAIRS, BATCH, RANK, VOCAB_WORDS = 64, 8, 16, 8000
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -194,16 +196,78 @@ def print_table(rows: list[dict], *, markdown: bool) -> None:
                 str(row["steps"]),
             ]
         )
+    print_rows(header, lines, markdown=markdown)
+
+
+ABLATIONS = [
+    ("defaults (DPO + SFT, retain 1, early stop)", {}),
+    ("no early stop (all 30 epochs)", {"early_stop": False}),
+    ("no early stop, 1 retain answer per step", {"early_stop": False, "retain_per_step": 1}),
+    ("no retain term", {"retain_weight": 0.0}),
+    ("no retain, no early stop", {"retain_weight": 0.0, "early_stop": False}),
+    ("DPO alone (no SFT term)", {"sft_weight": 0.0}),
+    (
+        "DPO alone, no retain, no early stop",
+        {"sft_weight": 0.0, "retain_weight": 0.0, "early_stop": False},
+    ),
+]
+
+
+def ablation(demo_dir: Path, *, markdown: bool) -> None:
+    """Train the demo scenario with the defaults and with each mechanism switched off."""
+    import warnings
+
+    import transformers
+
+    from training.engine import TrainConfig, load_base, train
+
+    warnings.filterwarnings("ignore")
+    transformers.logging.set_verbosity_error()
+    scenario = demo_dir / "scenario"
+    pairs = [json.loads(x) for x in (scenario / "pairs.jsonl").read_text().splitlines() if x]
+    items = [json.loads(x) for x in (scenario / "eval.jsonl").read_text().splitlines() if x]
+    base = load_base(demo_dir)
+    header = [
+        "config",
+        "flagged fixed",
+        "held-out fixed",
+        "regression unchanged",
+        "epochs",
+        "train s",
+    ]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, overrides in ABLATIONS:
+            config = TrainConfig(model=str(demo_dir), ref_cache_dir=f"{tmp}/cache", **overrides)
+            result = train(
+                config, pairs=pairs, out_dir=Path(tmp) / "out", eval_items=items, base=base
+            )
+            summary = result.report["summary"]
+            rows.append(
+                [
+                    name,
+                    f"{summary['flagged']['fixed']}/{summary['flagged']['total']}",
+                    f"{summary['heldout']['fixed']}/{summary['heldout']['total']}",
+                    f"{summary['regression']['unchanged']}/{summary['regression']['total']}",
+                    str(result.stopped_epoch),
+                    f"{result.report['timings']['train_s']:.1f}",
+                ]
+            )
+            print(f"# {rows[-1]}", file=sys.stderr, flush=True)
+    print_rows(header, rows, markdown=markdown)
+
+
+def print_rows(header: list[str], rows: list[list[str]], *, markdown: bool) -> None:
     if markdown:
         print("| " + " | ".join(header) + " |")
         print("|" + "---|" * len(header))
-        for line in lines:
-            print("| " + " | ".join(line) + " |")
+        for row in rows:
+            print("| " + " | ".join(row) + " |")
         return
-    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
     print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
-    for line in lines:
-        print("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)))
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
 
 
 def main() -> None:
@@ -212,11 +276,14 @@ def main() -> None:
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
     parser.add_argument("--hidden", type=int, default=512, help="smaller for a smoke run")
     parser.add_argument("--layers", type=int, default=6)
+    parser.add_argument("--ablation", type=Path, metavar="DEMO_MODEL_DIR", help="demo ablation")
     parser.add_argument("--child", choices=["engine", "trl"], help=argparse.SUPPRESS)
     parser.add_argument("--scenario", choices=list(SCENARIOS), help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.child:
+    if args.ablation:
+        ablation(args.ablation, markdown=args.markdown)
+    elif args.child:
         child(args)
     else:
         parent(args)

@@ -181,9 +181,13 @@ def _train_patch(
             loss = dpo_loss + config.sft_weight * nll if config.sft_weight else dpo_loss
             step_metrics = {"dpo_loss": dpo_loss.item(), "nll": nll.item()}
             if retain and config.retain_weight:
-                prompt_ids, answer_ids = retain[retain_order[step % len(retain)]]
+                # the next retain_per_step regression answers, cycling through them in order
+                picked = [
+                    retain[retain_order[(step * config.retain_per_step + k) % len(retain)]]
+                    for k in range(min(config.retain_per_step, len(retain)))
+                ]
                 logp, tokens = completion_logps_concat(
-                    model, [prompt_ids], [answer_ids], pad_id=pad_id
+                    model, [p for p, _ in picked], [a for _, a in picked], pad_id=pad_id
                 )
                 retain_nll = -logp.sum() / tokens.sum()
                 loss = loss + config.retain_weight * retain_nll
