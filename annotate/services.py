@@ -62,6 +62,7 @@ __all__ = [
     "response_create",
 ]
 
+IMPORT_BATCH = 1000
 # An annotator who walks away gives the comparison back after this long.
 LEASE_DURATION = timedelta(seconds=getattr(settings, "PATCHWISE_LEASE_SECONDS", 600))
 
@@ -302,55 +303,73 @@ def cases_import(
     """Import a JSONL or CSV file of cases, all or nothing.
 
     Raises ImportRejected, with every bad line's number and reason, before writing anything.
-    A labelled pair {prompt, chosen, rejected} becomes a comparison with response_a = chosen,
-    response_b = rejected (both origin "imported") and label "a": it exports as it is and is
-    never queued for annotators.
+    Cases follow case_create's rules (a flagged train case with a better answer is queued as a
+    comparison of the two). A labelled pair {prompt, chosen, rejected} becomes a comparison with
+    response_a = chosen, response_b = rejected (both origin "imported") and label "a": it exports
+    as it is and is never queued. Rows are written in bulk (a file may hold tens of thousands of
+    lines); the parser has already validated every field, and one audit row records the import.
     """
     rows = parse_case_file(
         file_name=file_name, data=data, max_bytes=settings.PATCHWISE_MAX_UPLOAD_BYTES
     )
     source = f"import:{file_name.rsplit('/', 1)[-1]}"[:200]
-    comparisons = labelled = 0
-    for row in rows:
-        if row.shape == "case":
-            case = case_create(
-                project=project,
-                prompt=row.prompt,
-                response=row.texts["response"],
-                better_response=row.texts.get("better_response"),
-                note=row.note,
-                trace_id=row.trace_id,
-                split=row.split,
-                tags=row.tags,
-                topic=row.topic,
-                source=source,
-                created_by=actor,
-            )
-            comparisons += case.comparisons.count()
-            continue
-        case = Case(
+    cases = [
+        Case(
             project=project,
             prompt=row.prompt,
             source=source,
             trace_id=row.trace_id,
             note=row.note,
-            flagged=False,
+            flagged=row.shape == "case" and row.split == Split.TRAIN,
             split=row.split,
             tags=row.tags,
             topic=row.topic,
         )
+        for row in rows
+    ]
+    for case in cases:
         case.full_clean(exclude=["project"])
-        case.save()
+    Case.objects.bulk_create(cases, batch_size=IMPORT_BATCH)
+    responses: list[Response] = []
+    pairs: list[tuple[Case, Response, Response, str]] = []
+    for row, case in zip(rows, cases, strict=True):
+        if row.shape == "case":
+            deployed = Response(case=case, text=row.texts["response"], origin=Origin.DEPLOYED)
+            responses.append(deployed)
+            better = row.texts.get("better_response")
+            if better is not None:
+                human = Response(case=case, text=better, origin=Origin.HUMAN, created_by=actor)
+                responses.append(human)
+                if case.flagged:
+                    pairs.append((case, deployed, human, ""))
+            continue
         first, second = (
             ("response_a", "response_b") if row.shape == "pair" else ("chosen", "rejected")
         )
-        response_a = response_create(case=case, text=row.texts[first], origin=Origin.IMPORTED)
-        response_b = response_create(case=case, text=row.texts[second], origin=Origin.IMPORTED)
-        label = Side.A if row.shape == "labelled" else ""
-        comparison_create(case=case, response_a=response_a, response_b=response_b, label=label)
-        comparisons += 1
-        labelled += bool(label)
-    result = ImportResult(cases=len(rows), comparisons=comparisons, labelled_pairs=labelled)
+        response_a = Response(case=case, text=row.texts[first], origin=Origin.IMPORTED)
+        response_b = Response(case=case, text=row.texts[second], origin=Origin.IMPORTED)
+        responses += [response_a, response_b]
+        pairs.append((case, response_a, response_b, Side.A if row.shape == "labelled" else ""))
+    Response.objects.bulk_create(responses, batch_size=IMPORT_BATCH)
+    Comparison.objects.bulk_create(
+        [
+            Comparison(
+                project=project,
+                case=case,
+                response_a=response_a,
+                response_b=response_b,
+                label=label,
+                needs_judgments=not label,
+            )
+            for case, response_a, response_b, label in pairs
+        ],
+        batch_size=IMPORT_BATCH,
+    )
+    result = ImportResult(
+        cases=len(cases),
+        comparisons=len(pairs),
+        labelled_pairs=sum(1 for *_rest, label in pairs if label),
+    )
     audit_record(
         actor=actor,
         action="cases.import",
