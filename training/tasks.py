@@ -2,9 +2,10 @@
 
 import logging
 import platform
+import time
 
 from celery import shared_task
-from celery.signals import worker_ready
+from celery.signals import celeryd_after_setup, worker_ready
 
 from training import services
 
@@ -55,3 +56,21 @@ def reap_jobs_left_by_this_worker(sender=None, **kwargs) -> None:
         return
     if reaped:
         logger.warning("failed jobs %s left running by a dead worker", reaped)
+
+
+@celeryd_after_setup.connect
+def preload_training_libraries(sender=None, instance=None, **kwargs) -> None:
+    """A worker of the gpu queue imports torch, transformers and peft before its first job
+    (seconds on a small machine), so no job waits for them; web-only hosts never do."""
+    queues = (
+        set(getattr(instance.app.amqp.queues, "consume_from", None) or {}) if instance else set()
+    )
+    if "gpu" not in queues:
+        return
+    started = time.perf_counter()
+    try:
+        from training.engine import train  # noqa: F401  (the lazy name imports the loop)
+    except ImportError:  # a host without the train extra cannot train; jobs will say so
+        logger.warning("torch/transformers/peft are not installed: this worker cannot train")
+        return
+    logger.info("training libraries preloaded in %.1f s", time.perf_counter() - started)
