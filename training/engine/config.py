@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +76,6 @@ class TrainConfig:
     prefix_sharing: bool = True  # run each prompt once for both answers (same maths, faster)
     early_stop: bool = True  # stop at the end of the epoch where every flagged prompt is fixed
     ref_cache_dir: str | None = None  # None: $PATCHWISE_CACHE_DIR or ~/.cache/patchwise
-    extra: dict[str, Any] = field(default_factory=dict)  # free-form notes copied into the report
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
