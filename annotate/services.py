@@ -59,10 +59,11 @@ __all__ = [
     "lease_next_comparison",
     "project_create",
     "project_update",
+    "require_project_access",
     "response_create",
 ]
 
-IMPORT_BATCH = 1000
+IMPORT_BATCH = 1000  # rows per INSERT when importing a file
 # An annotator who walks away gives the comparison back after this long.
 LEASE_DURATION = timedelta(seconds=getattr(settings, "PATCHWISE_LEASE_SECONDS", 600))
 
@@ -84,10 +85,6 @@ class ImportResult:
     def __str__(self) -> str:
         labelled = f" ({self.labelled_pairs} already labelled)" if self.labelled_pairs else ""
         return f"{self.cases} cases, {self.comparisons} comparisons{labelled}"
-
-
-def _validation_error(exc: InvalidValue, field: str) -> ValidationError:
-    return ValidationError({field: str(exc)})
 
 
 def require_project_access(*, project: Project, user: AbstractBaseUser) -> None:
@@ -180,7 +177,7 @@ def response_create(
     try:
         text = clean_text("text", text)
     except InvalidValue as exc:
-        raise _validation_error(exc, "text") from None
+        raise ValidationError({"text": str(exc)}) from None
     response = Response(
         case=case,
         text=text,
@@ -286,7 +283,8 @@ def case_create(
         human = response_create(
             case=case, text=cleaned["better_response"], origin=Origin.HUMAN, created_by=created_by
         )
-    if flagged and deployed and human and deployed.text != human.text:
+    train = cleaned["split"] == Split.TRAIN
+    if flagged and train and deployed and human and deployed.text != human.text:
         comparison_create(case=case, response_a=deployed, response_b=human)
     audit_record(actor=created_by, action="case.create", target=case, new_value={"source": source})
     return case
