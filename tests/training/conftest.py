@@ -14,7 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 # Shared across runs (and test sessions): building the demo model takes a minute or two.
-CACHE = Path(os.environ.get("PATCHWISE_TEST_CACHE", ROOT / "var" / "test-cache"))
+CACHE = Path(os.environ.get("PATCHWISE_TEST_CACHE") or ROOT / "var" / "test-cache")
 
 
 def cached_demo_model() -> Path:
