@@ -99,7 +99,9 @@ class Command(BaseCommand):
             return
         from training.engine.demo import DemoBuildError, build_demo_model  # needs torch
 
-        self.stdout.write(f"building the demo model in {model_dir} (about a minute)...")
+        self.stdout.write(
+            f"building the demo model in {model_dir} (a minute or two on an idle machine)..."
+        )
         started = time.perf_counter()
         try:
             build_demo_model(model_dir)
