@@ -93,6 +93,11 @@ def demo_model_dir() -> Path:
     minutes); a file lock makes parallel sessions build it once."""
     from training.engine import demo
 
+    prebuilt = os.environ.get(
+        "PATCHWISE_DEMO_MODEL"
+    )  # a folder `python -m training.engine demo` wrote
+    if prebuilt:
+        return Path(prebuilt)
     version = hashlib.sha256(Path(demo.__file__).read_bytes()).hexdigest()[:12]
     root = Path(os.environ.get("PATCHWISE_CACHE_DIR", Path.home() / ".cache" / "patchwise"))
     target = root / f"test-demo-model-{version}"
