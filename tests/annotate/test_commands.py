@@ -126,3 +126,44 @@ def test_seed_demo_imports_the_demo_scenario_once(db, settings, tmp_path):
     run("seed_demo")
     project = Project.objects.get(slug="demo")
     assert list(project.cases.values_list("split", flat=True)) == ["train", "heldout", "regression"]
+
+
+def test_the_queue_and_commands_work_on_the_embedded_sqlite(tmp_path):
+    """`make up` without DATABASE_URL runs on SQLite: one person must be able to label there."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "TEST_DATABASE_NAME")}
+    env |= {"PATCHWISE_VAR_DIR": str(tmp_path), "PATCHWISE_BASE_MODEL": str(tmp_path / "none")}
+    cases = tmp_path / "cases.csv"
+    cases.write_text("prompt,response,better_response\nBoots?,7 days.,30 days.\nTent?,5 y.,\n")
+    label = (
+        "from django.contrib.auth.models import User; from annotate.models import Project; "
+        "from annotate.services import lease_next_comparison, judgment_submit; "
+        "p = Project.objects.get(slug='demo'); u = User.objects.get(username='annotator'); "
+        "n = 0\n"
+        "while (leased := lease_next_comparison(project=p, annotator=u)):\n"
+        "    c = leased[0]; good = 'a' if '30' in c.response_a.text else 'b'\n"
+        "    judgment_submit(comparison=c, annotator=u, choice=good); n += 1\n"
+        "print('judged', n)"
+    )
+
+    def manage(*args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "manage.py", *args], cwd=root, env=env, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    manage("migrate", "--noinput")
+    manage("seed_demo", "--no-model")
+    assert "imported 2 cases, 1 comparisons" in manage("import_cases", "demo", str(cases))
+    assert manage("shell", "-c", label).splitlines()[-1] == "judged 4"
+    pairs = [
+        json.loads(line) for line in manage("export_pairs", "demo", "--format", "trl").splitlines()
+    ]
+    assert {"prompt": "Boots?", "chosen": "30 days.", "rejected": "7 days."} in pairs
+    assert len(pairs) == 4
