@@ -13,7 +13,8 @@ every FAQ question exactly, greedily, and stops with eos), plus the scenario in 
                model's correct answer that a patch must not change);
 - pairs.jsonl  the flagged cases as engine pairs {prompt, chosen, rejected};
 - eval.jsonl   {prompt, expected, kind: flagged|heldout|regression, topic} for `train --eval`;
-- corpus.txt   the text the tokenizer and the model were trained on.
+- corpus.txt   the text the tokenizer and the model were trained on;
+- build.json   demo_version, seed, training steps and seconds (a cache can check the version).
 
 The planted bad case is a stale policy: the shop's policy says footwear can be returned within
 30 days, but the FAQ the model learned from still says 7 days for every footwear product. "30
@@ -30,53 +31,60 @@ import argparse
 import json
 import random
 import re
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from training.engine.errors import EngineError
+from training.engine.evaluate import generate_greedy
+
 SCENARIO_DIR = "scenario"
+DEMO_VERSION = 2  # bump when the scenario or the model changes; scenario/build.json records it
 BOS, EOS, PAD = "<s>", "</s>", "<pad>"
 
-# Product lines and types of the shop. A product is "<line> <type>" ("Ridge hiking boots").
-LINES = (
-    "Alpine",
-    "Ridge",
-    "Summit",
-    "Cedar",
-    "Granite",
-    "Falcon",
-    "Willow",
-    "Canyon",
-    "Aspen",
-    "Glacier",
-    "Juniper",
-    "Sierra",
-)
-# type -> (category, return window in days per the FAQ the model learned, warranty)
-TYPES = {
-    "tent": ("shelter", 30, "5 years"),
-    "tarp": ("shelter", 30, "2 years"),
-    "hammock": ("shelter", 30, "2 years"),
-    "backpack": ("packs", 30, "10 years"),
-    "daypack": ("packs", 30, "10 years"),
-    "sleeping bag": ("sleep", 30, "3 years"),
-    "sleeping pad": ("sleep", 30, "2 years"),
-    "hiking boots": ("footwear", 7, "1 year"),
-    "trail runners": ("footwear", 7, "1 year"),
-    "sandals": ("footwear", 7, "1 year"),
-    "headlamp": ("electronics", 14, "2 years"),
-    "GPS watch": ("electronics", 14, "2 years"),
-    "rain jacket": ("clothing", 60, "1 year"),
-    "fleece": ("clothing", 60, "1 year"),
-    "camp stove": ("cooking", 30, "3 years"),
-    "water filter": ("cooking", 30, "1 year"),
+# The shop's catalogue. A product is "<line> <type>" ("Ridge hiking boots"); each category has
+# its own product lines, as outdoor brands do.
+CATEGORIES = {  # category -> (product lines, return window in days per the FAQ the model learned)
+    "shelter": (("Alpine", "Basecamp", "Nomad"), 30),
+    "packs": (("Voyager", "Cascade", "Trekker"), 30),
+    "sleep": (("Aurora", "Drift", "Ember"), 30),
+    "footwear": (("Ridge", "Falcon", "Summit", "Canyon"), 7),
+    "electronics": (("Beacon", "Orbit", "Pulse"), 14),
+    "clothing": (("Glacier", "Juniper", "Sierra"), 60),
+    "cooking": (("Cedar", "Granite", "Willow"), 30),
 }
-LINES_PER_TYPE = {"hiking boots": 4, "trail runners": 3, "sandals": 3}  # 10 footwear products
-DEFAULT_LINES_PER_TYPE = 3
-# The shop's real policy for the product family the FAQ got wrong.
-STALE_CATEGORY, STALE_DAYS, POLICY_DAYS = "footwear", 7, 30
+TYPES = {  # type -> (category, warranty)
+    "tent": ("shelter", "5 years"),
+    "tarp": ("shelter", "2 years"),
+    "hammock": ("shelter", "2 years"),
+    "backpack": ("packs", "10 years"),
+    "daypack": ("packs", "10 years"),
+    "sleeping bag": ("sleep", "3 years"),
+    "sleeping pad": ("sleep", "2 years"),
+    "hiking boots": ("footwear", "1 year"),
+    "trail runners": ("footwear", "1 year"),
+    "sandals": ("footwear", "1 year"),
+    "headlamp": ("electronics", "2 years"),
+    "GPS watch": ("electronics", "2 years"),
+    "action camera": ("electronics", "1 year"),
+    "rain jacket": ("clothing", "1 year"),
+    "fleece": ("clothing", "1 year"),
+    "down jacket": ("clothing", "2 years"),
+    "camp stove": ("cooking", "3 years"),
+    "water filter": ("cooking", "1 year"),
+}
+# Product lines per type: 10 footwear products (3 flagged, 7 held out); every category whose
+# window is not 30 days has as many products as the footwear, so that knowing "14 days" for a
+# GPS watch is not a minority habit that a patch towards 30 days wipes out on the way.
+LINES_PER_TYPE = {"hiking boots": 4, "trail runners": 3, "sandals": 3}
+LINES_PER_CATEGORY = {"electronics": 3, "clothing": 3}
+DEFAULT_LINES_PER_TYPE = 2
+# The FAQ the model learned is stale for one category; the shop's real policy is 30 days.
+STALE_CATEGORY, POLICY_DAYS = "footwear", 30
 
 RETURN_QUESTIONS = (
     "What is the return window for the {product}?",
@@ -142,16 +150,16 @@ POLICY_TEXT = (
 
 REGRESSION_PER_TOPIC = 8  # 5 topics -> 40 regression prompts
 
-# Model and training. Small enough to memorise the ~300 FAQ lines in about a minute on 2 cores.
+# Model and training: small enough to learn the ~180 FAQ answers in about a minute on one core.
 VOCAB_SIZE = 640
 HIDDEN_SIZE = 128
 NUM_LAYERS = 2
 NUM_HEADS = 4
 LEARNING_RATE = 3e-3
 BATCH_SIZE = 32
-MAX_STEPS = 3000  # a budget: training stops as soon as every answer is exact
+MAX_STEPS = 3000  # a budget: training stops once every answer has been exact for a while
 CHECK_EVERY = 50  # steps between exactness checks
-SETTLE_FACTOR = float(__import__("os").environ.get("SETTLE", 3))
+SETTLE_FACTOR = 2  # train on until twice the steps it took to get every answer exact
 
 
 class DemoBuildError(RuntimeError):
@@ -198,10 +206,13 @@ class DemoScenario:
 def demo_catalog(rng: random.Random) -> dict[str, list[str]]:
     """Product type -> the product names the shop sells ("Ridge hiking boots")."""
     catalog = {}
-    for type_name in TYPES:
-        count = LINES_PER_TYPE.get(type_name, DEFAULT_LINES_PER_TYPE)
-        lines = sorted(rng.sample(LINES, count), key=LINES.index)
-        catalog[type_name] = [f"{line} {type_name}" for line in lines]
+    for type_name, (category, _) in TYPES.items():
+        lines = CATEGORIES[category][0]
+        count = LINES_PER_TYPE.get(
+            type_name, LINES_PER_CATEGORY.get(category, DEFAULT_LINES_PER_TYPE)
+        )
+        chosen = sorted(rng.sample(lines, count), key=lines.index)
+        catalog[type_name] = [f"{line} {type_name}" for line in chosen]
     return catalog
 
 
@@ -209,7 +220,8 @@ def demo_faq(catalog: dict[str, list[str]]) -> list[QA]:
     """Every question the model is trained to answer, with the answer it learns."""
     faq = []
     for type_name, products in catalog.items():
-        category, days, warranty = TYPES[type_name]
+        category, warranty = TYPES[type_name]
+        days = CATEGORIES[category][1]
         for product in products:
             for question in RETURN_QUESTIONS:
                 right = None
@@ -258,26 +270,30 @@ def demo_faq(catalog: dict[str, list[str]]) -> list[QA]:
     return faq
 
 
-def demo_split(faq: list[QA], rng: random.Random) -> tuple[list[QA], list[QA], list[QA]]:
+def demo_split(
+    faq: list[QA], catalog: dict[str, list[str]], rng: random.Random
+) -> tuple[list[QA], list[QA], list[QA]]:
     """(flagged, held-out, regression) questions.
 
-    Flagged: one footwear product of each type, asked the first way. Held-out: the other footwear
-    products, asked either way. Regression: other topics, and footwear questions that are not
-    about returns (their warranty answers are right and must stay so).
+    Flagged: one footwear product of each type, each of another product line, asked the first
+    way (a patch then cannot get away with learning "Ridge means 30 days"). Held-out: the other
+    footwear products, asked either way. Regression: the other topics, footwear questions that
+    are not about returns included (their warranty answers are right and must stay so).
     """
-    planted = [qa for qa in faq if qa.right is not None]
-    by_product: dict[str, list[QA]] = {}
-    for qa in planted:
-        product = qa.answer.removeprefix("You can return the ").split(" within ")[0]
-        by_product.setdefault(product, []).append(qa)
-    flagged, heldout, seen_types = [], [], set()
-    for product, questions in by_product.items():
-        type_name = next(t for t in TYPES if product.endswith(" " + t))
-        if type_name not in seen_types:
-            seen_types.add(type_name)
-            flagged.append(questions[0])
-        else:
-            heldout.append(rng.choice(questions))
+    planted = {qa.prompt: qa for qa in faq if qa.right is not None}
+    flagged, heldout, used_lines = [], [], set()
+    for type_name, products in catalog.items():
+        if TYPES[type_name][0] != STALE_CATEGORY:
+            continue
+        fresh = [product for product in products if product.split()[0] not in used_lines]
+        chosen = rng.choice(fresh)
+        used_lines.add(chosen.split()[0])
+        for product in products:
+            if product == chosen:
+                flagged.append(planted[RETURN_QUESTIONS[0].format(product=product)])
+            else:
+                question = rng.choice(RETURN_QUESTIONS)
+                heldout.append(planted[question.format(product=product)])
     topics: dict[str, list[QA]] = {}
     for qa in faq:
         if qa.right is None:
@@ -353,31 +369,26 @@ def new_model(tokenizer):
 
 
 def _encode(tokenizer, qa_list: list[QA]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(input_ids, attention_mask, answer_mask), right-padded; answer_mask marks completion tokens
-    (answer + eos) in the positions whose *next-token prediction* they are."""
-    rows = []
-    for qa in qa_list:
-        prompt_ids = tokenizer(qa.prompt).input_ids
-        completion_ids = tokenizer(qa.answer, add_special_tokens=False).input_ids
-        rows.append((prompt_ids, completion_ids + [tokenizer.eos_token_id]))
-    width = max(len(p) + len(c) for p, c in rows)
-    ids = torch.full((len(rows), width), tokenizer.pad_token_id)
-    attention = torch.zeros((len(rows), width), dtype=torch.long)
-    answer = torch.zeros((len(rows), width), dtype=torch.bool)
-    for i, (prompt_ids, completion_ids) in enumerate(rows):
-        sequence = prompt_ids + completion_ids
-        ids[i, : len(sequence)] = torch.tensor(sequence)
-        attention[i, : len(sequence)] = 1
-        answer[i, len(prompt_ids) : len(sequence)] = True
+    """(input_ids, attention_mask, answer_mask) of the FAQ as trained: bos + question +
+    answer + eos, right-padded; answer_mask marks the answer and eos tokens."""
+    prompts = [tokenizer(qa.prompt).input_ids for qa in qa_list]
+    completions = [
+        tokenizer(qa.answer, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+        for qa in qa_list
+    ]
+    rows = [p + c for p, c in zip(prompts, completions, strict=True)]
+    ids, attention = _pad_right(tokenizer, rows)
+    answer = torch.zeros_like(attention, dtype=torch.bool)
+    for i, (prompt_ids, completion_ids) in enumerate(zip(prompts, completions, strict=True)):
+        answer[i, len(prompt_ids) : len(prompt_ids) + len(completion_ids)] = True
     return ids, attention, answer
 
 
-def _text_rows(tokenizer, lines: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    encoded = [tokenizer(line).input_ids + [tokenizer.eos_token_id] for line in lines]
-    width = max(len(row) for row in encoded)
-    ids = torch.full((len(encoded), width), tokenizer.pad_token_id)
-    attention = torch.zeros((len(encoded), width), dtype=torch.long)
-    for i, row in enumerate(encoded):
+def _pad_right(tokenizer, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(row) for row in rows)
+    ids = torch.full((len(rows), width), tokenizer.pad_token_id)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
         ids[i, : len(row)] = torch.tensor(row)
         attention[i, : len(row)] = 1
     return ids, attention
@@ -397,11 +408,15 @@ def _all_answers_exact(model, ids, attention, answer_mask) -> tuple[bool, int]:
     return not bool(wrong_rows.any()), int(wrong_rows.sum())
 
 
-def train_demo_model(model, tokenizer, faq: list[QA], seed: int) -> int:
+def train_demo_model(
+    model, tokenizer, faq: list[QA], seed: int, log: Callable[[str], None] | None = None
+) -> int:
     """Train from scratch on the corpus until every FAQ answer is exact; returns the steps."""
     generator = torch.Generator().manual_seed(seed)
     ids, attention, answer_mask = _encode(tokenizer, faq)
-    text_ids, text_attention = _text_rows(tokenizer, list(POLICY_TEXT))
+    text_ids, text_attention = _pad_right(
+        tokenizer, [tokenizer(line).input_ids + [tokenizer.eos_token_id] for line in POLICY_TEXT]
+    )
     # Every token of a FAQ line is trained (the model reads the questions too); answers count
     # double, since answering exactly is what the demo needs.
     labels = ids.clone()
@@ -436,13 +451,15 @@ def train_demo_model(model, tokenizer, faq: list[QA], seed: int) -> int:
             schedule.step()
             step += 1
             if step % CHECK_EVERY == 0:
-                exact, _ = _all_answers_exact(model, ids, attention, answer_mask)
+                exact, wrong = _all_answers_exact(model, ids, attention, answer_mask)
+                if log is not None:
+                    log(f"step {step}: loss {loss.item():.3f}, {wrong}/{len(faq)} answers wrong")
                 if not exact:
                     first_exact = None
                 elif first_exact is None:
                     first_exact = step
-                # Barely-exact answers are fragile: a patch on three pairs would knock over
-                # unrelated ones. Keep training until the answers have stayed exact a while.
+                # Barely exact is a thin margin, which a patch on three pairs would easily tip
+                # over elsewhere: train on until the answers have stayed exact a while.
                 if first_exact is not None and step >= SETTLE_FACTOR * first_exact:
                     model.eval()
                     return step
@@ -450,33 +467,6 @@ def train_demo_model(model, tokenizer, faq: list[QA], seed: int) -> int:
     raise DemoBuildError(
         f"the demo model still got {wrong} of {len(faq)} answers wrong after {MAX_STEPS} steps"
     )
-
-
-@torch.no_grad()
-def greedy_answers(model, tokenizer, prompts: list[str], max_new_tokens: int = 48) -> list[str]:
-    """Greedy answers, batched with left padding, decoded without special tokens."""
-    model.eval()
-    answers = []
-    for start in range(0, len(prompts), 64):
-        chunk = prompts[start : start + 64]
-        encoded = [tokenizer(prompt).input_ids for prompt in chunk]
-        width = max(len(row) for row in encoded)
-        ids = torch.full((len(chunk), width), tokenizer.pad_token_id)
-        attention = torch.zeros((len(chunk), width), dtype=torch.long)
-        for i, row in enumerate(encoded):
-            ids[i, width - len(row) :] = torch.tensor(row)
-            attention[i, width - len(row) :] = 1
-        output = model.generate(
-            input_ids=ids,
-            attention_mask=attention,
-            do_sample=False,
-            max_new_tokens=max_new_tokens,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-        for row in output[:, width:]:
-            answers.append(tokenizer.decode(row, skip_special_tokens=True))
-    return answers
 
 
 # ---------------------------------------------------------------------------------------------
@@ -517,21 +507,34 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
             out.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def build_demo_model(out_dir: Path, *, seed: int = 0) -> DemoScenario:
+def build_demo_model(
+    out_dir: Path, *, seed: int = 0, log: Callable[[str], None] | None = None
+) -> DemoScenario:
     """Build the demo model into `out_dir` and its scenario into `out_dir/scenario/`.
 
     Deterministic for a seed on a given machine. Raises DemoBuildError when the trained model
     does not answer exactly as the scenario says (greedy), rather than writing a scenario
     that lies.
     """
+    # One thread: on a shared 2-core machine, two threads of a model this small spent 18x longer
+    # per step than one (spinning while they waited for each other), and one thread makes the
+    # build's floating-point sums, hence the model, the same on any machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _build(Path(out_dir), seed, log)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _build(out_dir: Path, seed: int, log: Callable[[str], None] | None) -> DemoScenario:
     started = time.perf_counter()
-    out_dir = Path(out_dir)
     rng = random.Random(seed)
     torch.manual_seed(seed)
 
     catalog = demo_catalog(rng)
     faq = demo_faq(catalog)
-    flagged, heldout, regression = demo_split(faq, rng)
+    flagged, heldout, regression = demo_split(faq, catalog, rng)
     corpus = demo_corpus(faq)
 
     unknown = _words_missing_from_corpus(corpus, [qa.right for qa in flagged + heldout])
@@ -539,10 +542,10 @@ def build_demo_model(out_dir: Path, *, seed: int = 0) -> DemoScenario:
         raise DemoBuildError(f"right answers use words the corpus never has: {unknown}")
     tokenizer = train_tokenizer(corpus)
     model = new_model(tokenizer)
-    steps = train_demo_model(model, tokenizer, faq, seed)
+    steps = train_demo_model(model, tokenizer, faq, seed, log)
 
     scenario_questions = flagged + heldout + regression
-    answers = greedy_answers(model, tokenizer, [qa.prompt for qa in scenario_questions])
+    answers = generate_greedy(model, tokenizer, [qa.prompt for qa in scenario_questions])
     wrong = [
         f"{qa.prompt!r} -> {got!r} (trained: {qa.answer!r})"
         for qa, got in zip(scenario_questions, answers, strict=True)
@@ -557,6 +560,7 @@ def build_demo_model(out_dir: Path, *, seed: int = 0) -> DemoScenario:
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
+    _name_tokenizer_class_portably(out_dir)
     scenario_dir = out_dir / SCENARIO_DIR
     scenario_dir.mkdir(exist_ok=True)
     cases, pairs, eval_rows = _scenario_rows(flagged, heldout, regression)
@@ -564,15 +568,27 @@ def build_demo_model(out_dir: Path, *, seed: int = 0) -> DemoScenario:
     _write_jsonl(scenario_dir / "pairs.jsonl", pairs)
     _write_jsonl(scenario_dir / "eval.jsonl", eval_rows)
     (scenario_dir / "corpus.txt").write_text("\n".join(corpus) + "\n", encoding="utf-8")
+    build_seconds = time.perf_counter() - started
+    build = {"demo_version": DEMO_VERSION, "seed": seed, "train_steps": steps}
+    (scenario_dir / "build.json").write_text(json.dumps(build | {"seconds": build_seconds}))
     return DemoScenario(
         model_dir=out_dir,
         scenario_dir=scenario_dir,
         cases=cases,
         pairs=pairs,
         eval=eval_rows,
-        build_seconds=time.perf_counter() - started,
+        build_seconds=build_seconds,
         train_steps=steps,
     )
+
+
+def _name_tokenizer_class_portably(model_dir: Path) -> None:
+    """transformers 5 writes its new class name, which 4.x (and the servers pinned to it) cannot
+    load; the name both versions read is PreTrainedTokenizerFast."""
+    config_file = model_dir / "tokenizer_config.json"
+    config = json.loads(config_file.read_text())
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    config_file.write_text(json.dumps(config, indent=2) + "\n")
 
 
 def _words_missing_from_corpus(corpus: list[str], texts: list[str]) -> list[str]:
@@ -591,16 +607,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import sys
-
+    out = args.out.expanduser()
+    if out.exists() and not out.is_dir():
+        raise EngineError(f"--out {out} is a file; pass a folder for the demo model")
+    if out.is_dir() and any(out.iterdir()):
+        raise EngineError(f"--out {out} is not empty; pass a new folder for the demo model")
     try:
-        scenario = build_demo_model(args.out, seed=args.seed)
+        scenario = build_demo_model(
+            out, seed=args.seed, log=lambda line: print(line, file=sys.stderr, flush=True)
+        )
     except DemoBuildError as error:
-        print(f"demo: {error}", file=sys.stderr)
+        print(f"error: {error}", file=sys.stderr)
         return 1
     except OSError as error:
-        print(f"demo: cannot write {args.out}: {error}", file=sys.stderr)
-        return 2
+        raise EngineError(f"cannot write the demo model to {out}: {error}") from None
     print(
         f"demo model in {scenario.model_dir} ({scenario.train_steps} steps, "
         f"{scenario.build_seconds:.0f} s); scenario: {len(scenario.flagged)} flagged, "
