@@ -103,6 +103,9 @@ def gpu_worker(start_worker, artifact_root, demo_model, tmp_path, settings):
                 "ARTIFACT_ROOT": str(artifact_root),
                 "PATCHWISE_CACHE_DIR": str(tmp_path / "refcache"),
                 "PATCHWISE_BASE_MODEL": str(demo_model),
+                # One torch thread: on a shared 2-core machine (CI, parallel tests) OpenMP
+                # threads that spin-wait for busy cores make a tiny model's job 10x slower.
+                "OMP_NUM_THREADS": "1",
                 **env,
             },
         )
