@@ -184,3 +184,18 @@ def test_reaper_fails_jobs_whose_heartbeat_went_stale(project, curator, model_fo
     # A worker restarting under its old name reaps what it left running, heartbeat or not.
     assert services.job_reap_stale(worker_name="alive@host") == [fresh.pk]
     assert "restarted" in TrainingJob.objects.get(pk=fresh.pk).error
+
+
+def test_a_worker_starting_again_fails_the_jobs_it_left_running(project, curator, model_folder):
+    from types import SimpleNamespace
+
+    from training.tasks import reap_jobs_left_by_this_worker
+
+    job = enqueue(project, curator)
+    services.job_claim(job_id=job.pk, worker_name="gpu0@host")
+
+    reap_jobs_left_by_this_worker(sender=SimpleNamespace(hostname="gpu1@host"))
+    assert TrainingJob.objects.get(pk=job.pk).status == JobStatus.RUNNING  # not its job
+    reap_jobs_left_by_this_worker(sender=SimpleNamespace(hostname="gpu0@host"))
+    job.refresh_from_db()
+    assert job.status == JobStatus.FAILED and "restarted while running it" in job.error

@@ -14,7 +14,7 @@ pytestmark = [pytest.mark.worker, pytest.mark.slow]
 
 # A job that will not finish by itself while the test watches it: a learning rate too small to
 # fix anything, so early stopping never comes, and a big epoch budget.
-SLOW_CONFIG = {"lr": 1e-9, "epochs": 500, "sft_weight": 0.0, "batch_size": 1}
+SLOW_CONFIG = {"lr": 1e-9, "epochs": 5000, "sft_weight": 0.0, "batch_size": 1}
 
 
 @pytest.fixture
