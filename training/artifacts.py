@@ -190,6 +190,16 @@ def model_card(*, job: Any, report: dict[str, Any] | None) -> str:
         "",
         f'then ask for `"model": "{name}"` in the OpenAI-compatible API.',
         "",
+    ]
+    if job.adapter:
+        lines += [
+            f"This patch was trained on top of the adapter `{job.adapter}` (frozen): it was "
+            "evaluated with both applied. vLLM applies one LoRA per request, so merge that "
+            "adapter into the base first (peft `merge_and_unload`) and serve this patch on the "
+            "merged model.",
+            "",
+        ]
+    lines += [
         "With transformers and peft:",
         "",
         "```python",
