@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import inspect
 import json
 import os
 import sys
@@ -169,16 +170,18 @@ def sample_answer_ids(
 
     answers: list[list[int]] = [[] for _ in prompt_rows]
     finished = torch.zeros(len(prompt_rows), dtype=torch.bool, device=device)
+    cache_argument = _cache_argument(model)
     past = None
     for _ in range(max_new_tokens):
         output = model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past,
             use_cache=True,
+            logits_to_keep=1,  # only the last position: a prompt's logits would be (len x vocab)
+            **{cache_argument: past},
         )
-        past = output.past_key_values
+        past = getattr(output, cache_argument)
         probs = top_p_probs(output.logits[:, -1].float() / temperature, top_p).cpu()
         tokens = torch.stack(
             [
@@ -197,6 +200,13 @@ def sample_answer_ids(
         attention_mask = torch.cat([attention_mask, torch.ones_like(input_ids)], dim=1)
         position_ids = position_ids[:, -1:] + 1
     return answers
+
+
+def _cache_argument(model: torch.nn.Module) -> str:
+    """transformers 5 renamed ``past_key_values`` to ``cache`` (argument and output field)."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    parameters = inspect.signature(inner.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
 
 
 def top_p_probs(logits: torch.Tensor, top_p: float) -> torch.Tensor:
