@@ -9,26 +9,34 @@ from pathlib import Path
 import pytest
 
 from training.engine.__main__ import main
-from training.engine.demo import DemoScenario, build_demo_model
+from training.engine.demo import DemoScenario
 from training.engine.evaluate import generate_greedy, generate_greedy_ids
 from training.engine.modeling import LoadedBase, load_base
 
 pytestmark = pytest.mark.slow
 
 
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> DemoScenario:
-    """Built here rather than taken from a cache: this is the test of the build itself."""
-    return build_demo_model(tmp_path_factory.mktemp("demo") / "model")
+def demo(demo_model_dir: Path) -> DemoScenario:
+    """The scenario as the build wrote it. The engine tests' ``demo_model_dir`` builds the demo
+    once per version of demo.py (so a change to the build is always tested) and shares it."""
+    scenario = demo_model_dir / "scenario"
+    return DemoScenario(
+        model_dir=demo_model_dir,
+        scenario_dir=scenario,
+        cases=read_jsonl(scenario / "cases.jsonl"),
+        pairs=read_jsonl(scenario / "pairs.jsonl"),
+        eval=read_jsonl(scenario / "eval.jsonl"),
+    )
 
 
 @pytest.fixture(scope="module")
 def demo_base(demo: DemoScenario) -> LoadedBase:
     return load_base(demo.model_dir)
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def test_regression_prompts_are_answered_right(demo, demo_base):
@@ -58,12 +66,13 @@ def test_answers_stop_with_eos(demo, demo_base):
 
 
 def test_scenario_files_agree_and_use_the_token_convention(demo, demo_base):
-    scenario = demo.model_dir / "scenario"
-    assert read_jsonl(scenario / "cases.jsonl") == demo.cases
-    assert read_jsonl(scenario / "eval.jsonl") == demo.eval
-    pairs = read_jsonl(scenario / "pairs.jsonl")
-    assert pairs == demo.pairs
-    assert [pair["prompt"] for pair in pairs] == [row["prompt"] for row in demo.flagged]
+    scenario = demo.scenario_dir
+    pairs = demo.pairs
+    wrong = {row["prompt"]: row["response"] for row in demo.cases if row["split"] == "train"}
+    assert pairs == [
+        {"prompt": row["prompt"], "chosen": row["expected"], "rejected": wrong[row["prompt"]]}
+        for row in demo.flagged
+    ]
     assert [case["split"] for case in demo.cases].count("train") == 3
 
     tokenizer = demo_base.tokenizer
@@ -78,7 +87,7 @@ def test_scenario_files_agree_and_use_the_token_convention(demo, demo_base):
         assert set(re.findall(r"\w+", pair["chosen"])) <= corpus_words
 
 
-def test_same_seed_same_scenario(demo, tmp_path):
+def test_same_seed_same_scenario(demo):
     """The scenario is a function of the seed (checked without a second model build)."""
     import random
 
