@@ -612,6 +612,9 @@ def run(args: argparse.Namespace) -> int:
         raise EngineError(f"--out {out} is a file; pass a folder for the demo model")
     if out.is_dir() and any(out.iterdir()):
         raise EngineError(f"--out {out} is not empty; pass a new folder for the demo model")
+    import transformers
+
+    transformers.logging.disable_progress_bar()  # the CLI prints its own progress
     try:
         scenario = build_demo_model(
             out, seed=args.seed, log=lambda line: print(line, file=sys.stderr, flush=True)
