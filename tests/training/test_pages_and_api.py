@@ -206,3 +206,10 @@ def test_line_chart_is_plain_svg():
     svg = line_chart([{"step": 1, "loss": 0.7}, {"step": 2, "loss": 0.5}], "loss")
     assert svg.startswith("<svg") and "<polyline" in svg and "<script" not in svg
     assert "no steps yet" in line_chart([], "loss")
+
+
+def test_job_endpoints_are_in_the_openapi_schema(curator_client):
+    paths = curator_client.get("/api/v1/openapi.json").json()["paths"]
+    assert "post" in paths["/api/v1/projects/{slug}/jobs"]
+    assert {"/api/v1/jobs/{job_id}", "/api/v1/jobs/{job_id}/cancel",
+            "/api/v1/jobs/{job_id}/adapter.zip"} <= set(paths)  # fmt: skip
