@@ -2,7 +2,7 @@
 
     python -m training.engine demo --out var/demo-model
 
-builds, in about a minute on 2 CPU cores, an HF-format folder in OUT that `--model OUT` accepts
+builds, in under a minute on one CPU core, an HF-format folder in OUT that `--model OUT` accepts
 everywhere (a byte-level BPE tokenizer trained on the shop's synthetic FAQ corpus, saved as a
 PreTrainedTokenizerFast with bos/eos/pad; a 2-layer Llama trained from scratch until it answers
 every FAQ question exactly, greedily, and stops with eos), plus the scenario in OUT/scenario/:
@@ -150,7 +150,7 @@ POLICY_TEXT = (
 
 REGRESSION_PER_TOPIC = 8  # 5 topics -> 40 regression prompts
 
-# Model and training: small enough to learn the ~180 FAQ answers in about a minute on one core.
+# Model and training: small enough to learn the 176 FAQ answers in under a minute on one core.
 VOCAB_SIZE = 640
 HIDDEN_SIZE = 128
 NUM_LAYERS = 2
