@@ -65,7 +65,7 @@ __all__ = [
 
 IMPORT_BATCH = 1000  # rows per INSERT when importing a file
 # An annotator who walks away gives the comparison back after this long.
-LEASE_DURATION = timedelta(seconds=getattr(settings, "PATCHWISE_LEASE_SECONDS", 600))
+LEASE_DURATION = timedelta(seconds=settings.PATCHWISE_LEASE_SECONDS)
 
 
 class JudgmentConflict(Exception):

@@ -143,6 +143,13 @@ PATCHWISE_MAX_UPLOAD_BYTES = int(os.environ.get("PATCHWISE_MAX_UPLOAD_BYTES", 20
 DATA_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 
+# The annotation queue: how long a leased pair stays reserved for the annotator who has it.
+PATCHWISE_LEASE_SECONDS = int(os.environ.get("PATCHWISE_LEASE_SECONDS", "600"))
+# GPU jobs: a running job's worker writes a heartbeat this often; a job whose heartbeat is older
+# than the stale limit is failed by the periodic reaper (its worker died).
+PATCHWISE_JOB_HEARTBEAT_SECONDS = float(os.environ.get("PATCHWISE_JOB_HEARTBEAT_SECONDS", "10"))
+PATCHWISE_JOB_STALE_SECONDS = float(os.environ.get("PATCHWISE_JOB_STALE_SECONDS", "90"))
+
 ARTIFACT_ROOT = Path(os.environ.get("ARTIFACT_ROOT", VAR_DIR / "artifacts"))
 PATCHWISE_BASE_MODEL = os.environ.get("PATCHWISE_BASE_MODEL", str(VAR_DIR / "demo-model"))
 

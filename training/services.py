@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -50,20 +49,12 @@ class JobRefused(Exception):
     """A launch or cancel that cannot happen, with the reason a user can act on."""
 
 
-def _setting_seconds(name: str, default: float) -> float:
-    """Job timing knobs: a Django setting when defined, else the environment, else the default."""
-    value = getattr(settings, name, None)
-    if value is None:
-        value = os.environ.get(name, default)
-    return float(value)
-
-
 def heartbeat_seconds() -> float:
-    return _setting_seconds("PATCHWISE_JOB_HEARTBEAT_SECONDS", 10)
+    return float(settings.PATCHWISE_JOB_HEARTBEAT_SECONDS)
 
 
 def stale_after_seconds() -> float:
-    return _setting_seconds("PATCHWISE_JOB_STALE_SECONDS", 90)
+    return float(settings.PATCHWISE_JOB_STALE_SECONDS)
 
 
 # ---------------------------------------------------------------------------------- launching
