@@ -31,18 +31,20 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from anywhere
 SCENARIOS = {"long": (256, 48), "balanced": (64, 64)}
 PAIRS, BATCH, RANK = 64, 8, 16
-VOCAB_WORDS = 32000 - 4  # LlamaConfig's vocabulary size, minus the special tokens
+SPECIALS = 4  # <s> </s> <pad> <unk>
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-def build_model(out_dir: Path, *, hidden: int = 512, layers: int = 6) -> None:
+def build_model(
+    out_dir: Path, *, hidden: int = 512, layers: int = 6, vocab_size: int = 32000
+) -> None:
     """A random-init Llama and a word-level tokenizer: one word, one token."""
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     vocab = {"<s>": 0, "</s>": 1, "<pad>": 2, "<unk>": 3}
-    vocab.update({f"w{i}": i + 4 for i in range(VOCAB_WORDS)})
+    vocab.update({f"w{i}": i + SPECIALS for i in range(vocab_size - SPECIALS)})
     tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tokenizer.post_processor = processors.TemplateProcessing(
@@ -69,12 +71,14 @@ def build_model(out_dir: Path, *, hidden: int = 512, layers: int = 6) -> None:
     fast.save_pretrained(out_dir)
 
 
-def make_pairs(prompt_tokens: int, answer_tokens: int, seed: int = 0) -> list[dict]:
+def make_pairs(
+    prompt_tokens: int, answer_tokens: int, *, vocab_size: int = 32000, seed: int = 0
+) -> list[dict]:
     """Plain pairs: prompts of prompt_tokens (with BOS), answers of answer_tokens (with EOS)."""
     rng = random.Random(seed)
 
     def words(n: int) -> str:
-        return " ".join(f"w{rng.randrange(VOCAB_WORDS)}" for _ in range(n))
+        return " ".join(f"w{rng.randrange(vocab_size - SPECIALS)}" for _ in range(n))
 
     return [
         {
@@ -151,7 +155,7 @@ def child(args: argparse.Namespace) -> None:
 
     warnings.filterwarnings("ignore")
     transformers.logging.set_verbosity_error()
-    pairs = make_pairs(*SCENARIOS[args.scenario])
+    pairs = make_pairs(*SCENARIOS[args.scenario], vocab_size=args.vocab)
     with tempfile.TemporaryDirectory() as work:
         runner = run_engine if args.child == "engine" else run_trl
         result = runner(Path(args.model), pairs, Path(work))
@@ -163,12 +167,12 @@ def parent(args: argparse.Namespace) -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp) / "model"
-        build_model(model_dir, hidden=args.hidden, layers=args.layers)
+        build_model(model_dir, hidden=args.hidden, layers=args.layers, vocab_size=args.vocab)
         for scenario in args.scenarios:
             for system in ("trl", "engine"):
                 command = [
                     sys.executable, __file__, "--child", system, "--scenario", scenario,
-                    "--model", str(model_dir),
+                    "--model", str(model_dir), "--vocab", str(args.vocab),
                 ]  # fmt: skip
                 env = {**os.environ, "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false"}
                 done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO)
@@ -282,6 +286,7 @@ def main() -> None:
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
     parser.add_argument("--hidden", type=int, default=512, help="smaller for a smoke run")
     parser.add_argument("--layers", type=int, default=6)
+    parser.add_argument("--vocab", type=int, default=32000, help="vocabulary size of the model")
     parser.add_argument("--ablation", type=Path, metavar="DEMO_MODEL_DIR", help="demo ablation")
     parser.add_argument("--child", choices=["engine", "trl"], help=argparse.SUPPRESS)
     parser.add_argument("--scenario", choices=list(SCENARIOS), help=argparse.SUPPRESS)
