@@ -274,6 +274,18 @@ def job_cancel_requested(*, job_id: int) -> bool:
     return TrainingJob.objects.filter(pk=job_id, cancel_requested=True).exists()
 
 
+def storable(value: Any) -> Any:
+    """The value with NUL characters removed from every string: PostgreSQL text and jsonb
+    cannot hold them, and a model's byte-level decoding can produce one."""
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, dict):
+        return {storable(key): storable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [storable(item) for item in value]
+    return value
+
+
 def job_succeed(
     *,
     job_id: int,
@@ -288,9 +300,9 @@ def job_succeed(
         if progress.get("total"):
             progress["step"] = progress["total"]
         return {
-            "report": report,
-            "metrics_series": metrics_series,
-            "latest_metrics": latest_metrics,
+            "report": storable(report),
+            "metrics_series": storable(metrics_series),
+            "latest_metrics": storable(latest_metrics),
             "artifact_path": artifact_path,
             "artifact_sha256": artifact_sha256,
             "finished_at": timezone.now(),

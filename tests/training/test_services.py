@@ -199,3 +199,17 @@ def test_a_worker_starting_again_fails_the_jobs_it_left_running(project, curator
     reap_jobs_left_by_this_worker(sender=SimpleNamespace(hostname="gpu0@host"))
     job.refresh_from_db()
     assert job.status == JobStatus.FAILED and "restarted while running it" in job.error
+
+
+def test_a_report_holding_nul_characters_is_stored_without_them(project, curator, model_folder):
+    # A model's byte-level decoding can produce "\x00", which PostgreSQL jsonb refuses.
+    job = enqueue(project, curator)
+    services.job_claim(job_id=job.pk, worker_name="gpu0@host")
+    report = {"eval": [{"before": "ok\x00", "after": "fine", "kind": "flagged"}]}
+    services.job_succeed(
+        job_id=job.pk, report=report, metrics_series=[], latest_metrics={},
+        artifact_path="jobs/1/adapter.zip", artifact_sha256="ab" * 32,
+    )  # fmt: skip
+    job.refresh_from_db()
+    assert job.status == JobStatus.SUCCEEDED
+    assert job.report["eval"][0]["before"] == "ok"
