@@ -210,7 +210,7 @@ def print_table(rows: list[dict], *, markdown: bool) -> None:
 
 
 ABLATIONS = [
-    ("defaults (DPO + SFT, retain 1, early stop)", {}),
+    ("defaults", {}),
     ("no early stop (all 30 epochs)", {"early_stop": False}),
     ("no early stop, 1 retain answer per step", {"early_stop": False, "retain_per_step": 1}),
     ("no retain term", {"retain_weight": 0.0}),
