@@ -51,7 +51,8 @@ class TrainConfig:
     retain_weight: float = 1.0  # token-mean NLL on the model's own pre-patch answers to the
     # regression prompts (needs --eval with regression prompts); keeps unrelated answers stable
     retain_per_step: int = 8  # regression answers in each step's retain term; on the demo,
-    # 30 epochs without early stop kept 40/40 answers with 8, 39/40 with 4, 36/40 with 1
+    # 30 epochs without early stop kept 40/40 answers with 8 and lost some with 1
+    # (docs/benchmarks.md)
 
     # --- optimisation
     lr: float = 1e-3  # LoRA tolerates high rates; 1e-4..2e-3 works on small pair sets

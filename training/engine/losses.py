@@ -3,7 +3,8 @@
 With ``logratio = policy_logp - ref_logp`` per answer and
 ``delta = logratio_chosen - logratio_rejected``:
 
-- sigmoid (DPO):  -(1-ε)·logσ(β·delta) - ε·logσ(-β·delta)        (ε > 0 is cDPO)
+- sigmoid (DPO):  -(1-ε)·logσ(β·delta) - ε·logσ(-β·delta)        (ε > 0 is cDPO, as TRL
+                  0.x had it; TRL 1.x ignores label smoothing for sigmoid)
 - robust:         (-(1-ε)·logσ(β·delta) + ε·logσ(-β·delta)) / (1-2ε)
 - hinge:          relu(1 - β·delta)
 - ipo:            (logratio_chosen/len_chosen - logratio_rejected/len_rejected - 1/(2β))²
