@@ -141,6 +141,7 @@ def model_card(*, job: Any, report: dict[str, Any] | None) -> str:
         f"- Data snapshot size: {job.pair_count} preference pairs, {job.eval_count} eval prompts",
         f"- Trained: {job.started_at:%Y-%m-%d %H:%M} UTC" if job.started_at else "- Trained: -",
         f"- Stopped: {training.get('stopped_because', '-')}",
+        f"- Mitigation: {training.get('mitigation', '-')}",
         "",
         "## Config",
         "",

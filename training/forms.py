@@ -32,12 +32,20 @@ class LaunchForm(forms.Form):
     beta = forms.FloatField(min_value=0.0, initial=_DEFAULTS.beta, label="β (beta)")
     loss = forms.ChoiceField(choices=[(name, name) for name in LOSSES], initial=_DEFAULTS.loss)
     sft_weight = forms.FloatField(min_value=0.0, initial=_DEFAULTS.sft_weight, label="SFT weight")
+    sft_warmup_epochs = forms.IntegerField(
+        required=False,
+        min_value=0,
+        max_value=100,
+        initial=_DEFAULTS.sft_warmup_epochs,
+        label="SFT warm-up epochs",
+        help_text="Plain SFT on the chosen answers before DPO (0: none).",
+    )
     lr = forms.FloatField(min_value=0.0, initial=_DEFAULTS.lr, label="Learning rate")
     lora_r = forms.IntegerField(
         min_value=1, max_value=512, initial=_DEFAULTS.lora_r, label="LoRA rank"
     )
 
-    ADVANCED = ("beta", "loss", "sft_weight", "lr", "lora_r")
+    ADVANCED = ("beta", "loss", "sft_weight", "sft_warmup_epochs", "lr", "lora_r")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -51,7 +59,11 @@ class LaunchForm(forms.Form):
 
     def to_config(self) -> dict[str, Any]:
         data = self.cleaned_data
-        config = {name: data[name] for name in ("model", "epochs", *self.ADVANCED)}
+        config = {
+            name: data[name]
+            for name in ("model", "epochs", *self.ADVANCED)
+            if data[name] is not None
+        }
         if data.get("adapter"):
             config["adapter"] = data["adapter"]
         return config

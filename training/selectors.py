@@ -88,6 +88,7 @@ class ReportView:
     rows_by_kind: list[tuple[str, list[dict[str, Any]]]] = field(default_factory=list)
     pair_margins: list[dict[str, Any]] = field(default_factory=list)
     stopped_because: str = ""
+    mitigation: str = ""  # SFT term, SFT warm-up, both or neither: what kept the good answer likely
     regression_coverage: dict[str, Any] = field(default_factory=dict)
 
 
@@ -149,5 +150,6 @@ def report_view(job: TrainingJob) -> ReportView | None:
             }
         )
     view.stopped_because = (report.get("training") or {}).get("stopped_because", "")
+    view.mitigation = (report.get("training") or {}).get("mitigation", "")
     view.regression_coverage = report.get("regression_coverage") or {}
     return view

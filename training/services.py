@@ -36,6 +36,7 @@ LAUNCH_KEYS = (
     "loss",
     "label_smoothing",
     "sft_weight",
+    "sft_warmup_epochs",
     "retain_weight",
     "lr",
     "epochs",

@@ -242,3 +242,32 @@ def test_training_stops_once_every_flagged_prompt_is_fixed(
     assert training["epoch_checks"][-1]["flagged_fixed"] == 1
     assert [row["fixed"] for row in result.report["eval"]] == [True]
     assert result.report["summary"]["flagged"]["fixed"] == 1
+
+
+def test_sft_warmup_raises_the_chosen_answer_before_dpo_and_the_report_says_so(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    events: list[dict] = []
+    config = _config(
+        tiny_model_dir, tmp_path, sft_warmup_epochs=4, sft_weight=0.0, epochs=1, early_stop=False
+    )
+    result = train(config, pairs=PAIRS, out_dir=tmp_path / "out", on_progress=events.append)
+    training = result.report["training"]
+    assert training["sft_warmup_epochs"] == 4
+    assert training["mitigation"] == "SFT warm-up on the chosen answers (4 epochs)"
+    warmup = training["sft_warmup_nll"]
+    assert len(warmup) == 4 and warmup[-1] < warmup[0]  # one batch of 3 pairs per epoch
+    assert [e["phase"] for e in events].index("sft_warmup") < [e["phase"] for e in events].index(
+        "train"
+    )
+    # the reference stays the deployed model: warm-up moved the policy, not the reference
+    for pair in result.report["pairs"]:
+        assert pair["policy_logp_chosen"] > pair["ref_logp_chosen"]
+
+    plain = train(
+        _config(tiny_model_dir, tmp_path, epochs=1, early_stop=False),
+        pairs=PAIRS,
+        out_dir=tmp_path / "plain",
+    )
+    assert plain.report["training"]["mitigation"] == "SFT term inside DPO (weight 1)"
+    assert plain.report["training"]["sft_warmup_nll"] == []

@@ -213,3 +213,29 @@ def test_job_endpoints_are_in_the_openapi_schema(curator_client):
     assert "post" in paths["/api/v1/projects/{slug}/jobs"]
     assert {"/api/v1/jobs/{job_id}", "/api/v1/jobs/{job_id}/cancel",
             "/api/v1/jobs/{job_id}/adapter.zip"} <= set(paths)  # fmt: skip
+
+
+def test_a_job_may_ask_for_an_sft_warmup_and_the_report_says_which_was_used(
+    curator_client, project, model_folder
+):
+    response = curator_client.post(
+        "/api/v1/projects/shop/jobs",
+        {"config": {"sft_warmup_epochs": 2, "epochs": 1}},
+        content_type="application/json",
+    )
+    assert response.status_code == 202
+    job = TrainingJob.objects.get(pk=response.json()["id"])
+    assert job.config["sft_warmup_epochs"] == 2
+    bad = curator_client.post(
+        "/api/v1/projects/shop/jobs",
+        {"config": {"sft_warmup_epochs": -1}},
+        content_type="application/json",
+    )
+    assert bad.status_code == 400 and "sft_warmup_epochs" in bad.json()["detail"]
+
+
+def test_the_report_names_the_mitigation(curator_client, finished_job):
+    report = {**REPORT, "training": {**REPORT["training"], "mitigation": "SFT warm-up (2 epochs)"}}
+    TrainingJob.objects.filter(pk=finished_job.pk).update(report=report)
+    page = curator_client.get(reverse("training:job_detail", args=[finished_job.pk]))
+    assert "SFT warm-up (2 epochs)" in page.content.decode()

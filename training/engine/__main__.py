@@ -36,6 +36,12 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing)
     parser.add_argument("--sft-weight", type=float, default=defaults.sft_weight)
     parser.add_argument("--retain-weight", type=float, default=defaults.retain_weight)
+    parser.add_argument(
+        "--sft-warmup-epochs",
+        type=int,
+        default=defaults.sft_warmup_epochs,
+        help="epochs of plain SFT on the chosen answers before DPO (0: none)",
+    )
     parser.add_argument("--lr", type=float, default=defaults.lr)
     parser.add_argument("--epochs", type=int, default=defaults.epochs)
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
@@ -55,6 +61,7 @@ def _run_train(args: argparse.Namespace) -> int:
         label_smoothing=args.label_smoothing,
         sft_weight=args.sft_weight,
         retain_weight=args.retain_weight,
+        sft_warmup_epochs=args.sft_warmup_epochs,
         lr=args.lr,
         epochs=args.epochs,
         batch_size=args.batch_size,

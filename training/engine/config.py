@@ -56,6 +56,8 @@ class TrainConfig:
 
     # --- optimisation
     lr: float = 1e-3  # LoRA tolerates high rates; 1e-4..2e-3 works on small pair sets
+    sft_warmup_epochs: int = 0  # epochs of plain SFT on the chosen answers before DPO starts
+    # (the other common mitigation for DPO lowering the good answer; 0: none, 1-3 is usual)
     epochs: int = 30  # a budget: with --eval, training stops once every flagged prompt is fixed
     batch_size: int = 8  # pairs per step
     max_grad_norm: float = 1.0  # gradient clipping; 0 turns it off
@@ -132,6 +134,12 @@ def validate_config(config: TrainConfig) -> None:
         value = getattr(config, name)
         _require(isinstance(value, int) and not isinstance(value, bool), f"'{name}' must be int")
         _require(value >= 1, f"'{name}' must be at least 1")
+    _require(
+        isinstance(config.sft_warmup_epochs, int)
+        and not isinstance(config.sft_warmup_epochs, bool)
+        and config.sft_warmup_epochs >= 0,
+        "'sft_warmup_epochs' must be an integer, 0 or more",
+    )
     _require(isinstance(config.seed, int), "'seed' must be an integer")
     if config.lora_alpha is not None:
         _require(

@@ -144,11 +144,13 @@ def _train_patch(
     timings["eval_before_s"] = time.perf_counter() - started
     flagged = [item for item in items if item.kind == "flagged" and item.expected is not None]
 
-    # ---- the loop
+    # ---- the loop (after an optional SFT warm-up on the chosen answers)
     started = time.perf_counter()
     optimizer = torch.optim.AdamW(
         patch.trainable_parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
+    warmup_nll = _sft_warmup(config, patch, pairs, optimizer, run)
+    timings["sft_warmup_s"] = time.perf_counter() - started
     steps_per_epoch = math.ceil(len(pairs) / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
     order_rng = random.Random(config.seed)
@@ -283,6 +285,9 @@ def _train_patch(
             "stopped_reason": stopped_reason,
             "stopped_because": _stop_explanation(stopped_reason, stopped_epoch, flagged, config),
             "epoch_checks": epoch_checks,
+            "sft_warmup_epochs": config.sft_warmup_epochs,
+            "sft_warmup_nll": warmup_nll,
+            "mitigation": _mitigation(config),
         },
         "summary": summarize(eval_rows),
         "regression_coverage": regression_coverage(items),
@@ -388,6 +393,55 @@ def _answer_ids(
         )
     run.tick(phase, len(items), len(items))
     return answers
+
+
+def _sft_warmup(
+    config: TrainConfig,
+    patch: Patch,
+    pairs: list[EncodedPair],
+    optimizer: torch.optim.Optimizer,
+    run: _Run,
+) -> list[float]:
+    """Plain SFT on the chosen answers (token-mean NLL), before DPO; returns each step's NLL.
+
+    The reference log-probs were computed before this, so DPO still measures the patch against
+    the deployed model, not against the warmed-up one.
+    """
+    pad_id = patch.base.tokenizer.pad_token_id
+    steps_per_epoch = math.ceil(len(pairs) / config.batch_size)
+    total = steps_per_epoch * config.sft_warmup_epochs
+    order_rng = random.Random(config.seed + 1)
+    losses: list[float] = []
+    for epoch in range(1, config.sft_warmup_epochs + 1):
+        order = list(range(len(pairs)))
+        order_rng.shuffle(order)
+        for start in range(0, len(order), config.batch_size):
+            batch = [pairs[i] for i in order[start : start + config.batch_size]]
+            logp, tokens = completion_logps_concat(
+                patch.model,
+                [pair.prompt_ids for pair in batch],
+                [pair.chosen_ids for pair in batch],
+                pad_id=pad_id,
+            )
+            nll = -logp.sum() / tokens.sum()
+            optimizer.zero_grad(set_to_none=True)
+            nll.backward()
+            if config.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(patch.trainable_parameters(), config.max_grad_norm)
+            optimizer.step()
+            losses.append(nll.item())
+            run.tick("sft_warmup", len(losses), total, epoch=epoch, metrics={"nll": losses[-1]})
+    return losses
+
+
+def _mitigation(config: TrainConfig) -> str:
+    """In words, what kept the good answer likely: the report says which was used."""
+    parts = []
+    if config.sft_warmup_epochs:
+        parts.append(f"SFT warm-up on the chosen answers ({config.sft_warmup_epochs} epochs)")
+    if config.sft_weight:
+        parts.append(f"SFT term inside DPO (weight {config.sft_weight:g})")
+    return ", then ".join(parts) if parts else "none (DPO alone)"
 
 
 def _stop_explanation(reason: str, epoch: int, flagged: list[EvalItem], config: TrainConfig) -> str:
