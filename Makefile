@@ -20,7 +20,7 @@ up: install
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py seed_demo
 	@echo "Serving http://127.0.0.1:8000 with a Celery worker; Ctrl-C stops both."
-	@trap 'kill 0' INT TERM EXIT; \
+	@trap 'trap - INT TERM EXIT; kill 0' INT TERM EXIT; \
 	$(VENV)/bin/celery -A config worker -Q default,gpu --concurrency 1 --beat \
 		--schedule var/celerybeat-schedule --loglevel INFO & \
 	$(PY) manage.py runserver 127.0.0.1:8000
