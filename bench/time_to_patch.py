@@ -72,7 +72,8 @@ def main() -> int:
         response_create,
     )
     from config.celery import app
-    from tests.training.conftest import cached_demo_model, judge_all, scenario_rows
+    from tests.conftest import cached_demo_model
+    from tests.training.conftest import judge_all, scenario_rows
 
     call_command("migrate", verbosity=0)
     model_dir = cached_demo_model()

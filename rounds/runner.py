@@ -11,43 +11,17 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import threading
 import time
-
-from django.db import close_old_connections, connection
 
 from annotate.models import Case
 from rounds import services
 from rounds.models import GenerationRequest, Purpose
+from training.runner import Heartbeat
 
 logger = logging.getLogger(__name__)
 
 SEQUENCES_PER_BATCH = 16  # answers sampled in one forward batch (cases × n)
 CANCEL_CHECK_EVERY_S = 0.5
-
-
-class Heartbeat(threading.Thread):
-    """Touches the request's heartbeat every few seconds while sampling holds the main thread."""
-
-    def __init__(self, generation_id: int, every_s: float) -> None:
-        super().__init__(name=f"heartbeat-generation-{generation_id}", daemon=True)
-        self.generation_id, self.every_s = generation_id, every_s
-        self.stopped = threading.Event()
-
-    def run(self) -> None:
-        try:
-            while not self.stopped.wait(self.every_s):
-                try:
-                    services.generation_heartbeat(generation_id=self.generation_id)
-                except Exception:  # a lost connection must not kill the thread; retry next beat
-                    logger.exception("heartbeat of generation %s failed", self.generation_id)
-                    close_old_connections()
-        finally:
-            connection.close()
-
-    def stop(self) -> None:
-        self.stopped.set()
-        self.join(timeout=5)
 
 
 def batches(cases: list[Case], n: int) -> list[list[Case]]:
@@ -76,7 +50,11 @@ def run_claimed_generation(generation: GenerationRequest) -> str:
     from training.engine import Cancelled, EngineError
     from training.services import heartbeat_seconds
 
-    heartbeat = Heartbeat(generation.pk, heartbeat_seconds())
+    heartbeat = Heartbeat(
+        f"heartbeat-generation-{generation.pk}",
+        lambda: services.generation_heartbeat(generation_id=generation.pk),
+        heartbeat_seconds(),
+    )
     heartbeat.start()
     try:
         return _run(generation)

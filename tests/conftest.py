@@ -4,7 +4,10 @@ Tests run against this machine's PostgreSQL and Redis (see [tool.pytest.ini_opti
 pyproject.toml); nothing here stands in for them.
 """
 
+import fcntl
+import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +19,32 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = os.environ.get("PATCHWISE_CHROMIUM", "/usr/bin/chromium")
+
+
+def cached_demo_model() -> Path:
+    """The demo model folder, built by training.engine.demo on first use and kept between
+    sessions: one build per version of demo.py, under a file lock, so parallel sessions and
+    every test package (engine, jobs, rounds, bench) share a single build."""
+    from training.engine import demo
+
+    prebuilt = os.environ.get(
+        "PATCHWISE_DEMO_MODEL"
+    )  # a folder `python -m training.engine demo` wrote
+    if prebuilt:
+        return Path(prebuilt)
+    version = hashlib.sha256(Path(demo.__file__).read_bytes()).hexdigest()[:12]
+    root = Path(os.environ.get("PATCHWISE_CACHE_DIR") or Path.home() / ".cache" / "patchwise")
+    target = root / f"test-demo-model-{version}"
+    root.mkdir(parents=True, exist_ok=True)
+    with (root / f"test-demo-model-{version}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (target / "scenario" / "eval.jsonl").is_file():
+            staging = root / f"test-demo-model-{version}.building-{os.getpid()}"
+            shutil.rmtree(staging, ignore_errors=True)
+            demo.build_demo_model(staging)
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(staging, target)
+    return target
 
 
 @dataclass

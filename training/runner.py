@@ -14,6 +14,7 @@ import shutil
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,20 +55,23 @@ PHASE_LABEL = {
 
 
 class Heartbeat(threading.Thread):
-    """Touches the job's heartbeat every few seconds while the engine holds the main thread."""
+    """Calls ``beat`` every few seconds while the engine holds the main thread.
 
-    def __init__(self, job_id: int, every_s: float) -> None:
-        super().__init__(name=f"heartbeat-job-{job_id}", daemon=True)
-        self.job_id, self.every_s = job_id, every_s
+    Training jobs and generation requests both use it: their reapers fail rows whose beat stops.
+    """
+
+    def __init__(self, name: str, beat: Callable[[], object], every_s: float) -> None:
+        super().__init__(name=name, daemon=True)
+        self.beat, self.every_s = beat, every_s
         self.stopped = threading.Event()
 
     def run(self) -> None:
         try:
             while not self.stopped.wait(self.every_s):
                 try:
-                    services.job_heartbeat(job_id=self.job_id)
+                    self.beat()
                 except Exception:  # a lost connection must not kill the thread; retry next beat
-                    logger.exception("heartbeat of job %s failed", self.job_id)
+                    logger.exception("%s failed", self.name)
                     close_old_connections()
         finally:
             connection.close()
@@ -144,7 +148,11 @@ def run_claimed_job(job: TrainingJob) -> str:
     """Train, save and record one job this worker has claimed; returns its final status."""
     from training.engine import Cancelled, EngineError, TrainConfig, train
 
-    heartbeat = Heartbeat(job.pk, services.heartbeat_seconds())
+    heartbeat = Heartbeat(
+        f"heartbeat-job-{job.pk}",
+        lambda: services.job_heartbeat(job_id=job.pk),
+        services.heartbeat_seconds(),
+    )
     heartbeat.start()
     progress = Progress(job.pk)
     staging = artifacts.job_dir(job.pk) / f".staging-{uuid.uuid4().hex}"

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
-import os
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from tests.conftest import cached_demo_model
 
 CORPUS = [
     "the refund window is thirty days for every order",
@@ -89,25 +87,4 @@ def tiny_chat_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def demo_model_dir() -> Path:
-    """E2's demo model, built once per version of demo.py and kept between sessions (it takes
-    minutes); a file lock makes parallel sessions build it once."""
-    from training.engine import demo
-
-    prebuilt = os.environ.get(
-        "PATCHWISE_DEMO_MODEL"
-    )  # a folder `python -m training.engine demo` wrote
-    if prebuilt:
-        return Path(prebuilt)
-    version = hashlib.sha256(Path(demo.__file__).read_bytes()).hexdigest()[:12]
-    root = Path(os.environ.get("PATCHWISE_CACHE_DIR", Path.home() / ".cache" / "patchwise"))
-    target = root / f"test-demo-model-{version}"
-    root.mkdir(parents=True, exist_ok=True)
-    with (root / f"test-demo-model-{version}.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (target / "scenario" / "eval.jsonl").is_file():
-            staging = root / f"test-demo-model-{version}.building-{os.getpid()}"
-            shutil.rmtree(staging, ignore_errors=True)
-            demo.build_demo_model(staging)
-            shutil.rmtree(target, ignore_errors=True)
-            os.replace(staging, target)
-    return target
+    return cached_demo_model()

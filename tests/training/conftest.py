@@ -3,41 +3,13 @@ holding the demo scenario, and a worker whose artifacts land where the test look
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import json
-import os
-import shutil
 import time
 from pathlib import Path
 
 import pytest
 
-
-def cached_demo_model() -> Path:
-    """The demo model folder, built by training.engine.demo on first use and kept between
-    sessions. Same place and key as the engine tests' demo_model_dir (one build per version of
-    demo.py, under a file lock), so a CI run builds it once for both."""
-    from training.engine import demo
-
-    prebuilt = os.environ.get(
-        "PATCHWISE_DEMO_MODEL"
-    )  # a folder `python -m training.engine demo` wrote
-    if prebuilt:
-        return Path(prebuilt)
-    version = hashlib.sha256(Path(demo.__file__).read_bytes()).hexdigest()[:12]
-    root = Path(os.environ.get("PATCHWISE_CACHE_DIR") or Path.home() / ".cache" / "patchwise")
-    target = root / f"test-demo-model-{version}"
-    root.mkdir(parents=True, exist_ok=True)
-    with (root / f"test-demo-model-{version}.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (target / "scenario" / "eval.jsonl").is_file():
-            staging = root / f"test-demo-model-{version}.building-{os.getpid()}"
-            shutil.rmtree(staging, ignore_errors=True)
-            demo.build_demo_model(staging)
-            shutil.rmtree(target, ignore_errors=True)
-            os.replace(staging, target)
-    return target
+from tests.conftest import cached_demo_model
 
 
 @pytest.fixture(scope="session")
