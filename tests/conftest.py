@@ -47,6 +47,17 @@ def cached_demo_model() -> Path:
     return target
 
 
+def wait_for(predicate, *, timeout: float = 240, every: float = 0.25, what: str = "condition"):
+    """Poll until predicate() is truthy (its value is returned); fail naming what never came."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    pytest.fail(f"timed out waiting for {what}")
+
+
 @dataclass
 class Account:
     user: object

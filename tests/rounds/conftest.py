@@ -3,7 +3,6 @@ flagged cases, API tokens, and a worker whose artifacts land where the test look
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -131,14 +130,3 @@ def make_flagged_project(*, slug: str = "shop", flagged: int = 4, heldout: int =
             source="test",
         )
     return project
-
-
-def wait_for(predicate, *, timeout: float = 240, every: float = 0.25, what: str = "condition"):
-    """Poll until predicate() is truthy (its value is returned); fail naming what never came."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    pytest.fail(f"timed out waiting for {what}")

@@ -8,7 +8,8 @@ import pytest
 from annotate.models import Response
 from rounds import services
 from rounds.models import GenerationRequest
-from tests.rounds.conftest import bearer, make_flagged_project, token_for, wait_for
+from tests.conftest import wait_for
+from tests.rounds.conftest import bearer, make_flagged_project, token_for
 
 pytestmark = [pytest.mark.worker, pytest.mark.slow]
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from annotate.models import Comparison, Response
-from tests.rounds.conftest import bearer, make_flagged_project, token_for, wait_for
+from tests.conftest import wait_for
+from tests.rounds.conftest import bearer, make_flagged_project, token_for
 
 pytestmark = [pytest.mark.worker, pytest.mark.slow]
 

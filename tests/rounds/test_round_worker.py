@@ -20,7 +20,8 @@ import pytest
 from annotate.models import Case, Comparison, Response
 from rounds import selectors
 from rounds.models import GenerationRequest, Round, RoundAnswer
-from tests.rounds.conftest import bearer, make_flagged_project, token_for, wait_for
+from tests.conftest import wait_for
+from tests.rounds.conftest import bearer, make_flagged_project, token_for
 
 pytestmark = [pytest.mark.worker, pytest.mark.slow]
 

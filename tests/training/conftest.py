@@ -4,12 +4,14 @@ holding the demo scenario, and a worker whose artifacts land where the test look
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import cached_demo_model
+from tests.conftest import (
+    cached_demo_model,
+    wait_for,  # noqa: F401 (re-exported to the tests here)
+)
 
 
 @pytest.fixture(scope="session")
@@ -88,14 +90,3 @@ def gpu_worker(start_worker, artifact_root, demo_model, tmp_path, settings):
         )
 
     return start
-
-
-def wait_for(predicate, *, timeout: float = 240, every: float = 0.25, what: str = "condition"):
-    """Poll until predicate() is truthy (its value is returned); fail naming what never came."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    pytest.fail(f"timed out waiting for {what}")

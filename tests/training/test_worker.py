@@ -7,7 +7,8 @@ import zipfile
 import pytest
 
 from accounts.services import token_create
-from tests.training.conftest import make_project, wait_for
+from tests.conftest import wait_for
+from tests.training.conftest import make_project
 from training.models import JobStatus, TrainingJob
 
 pytestmark = [pytest.mark.worker, pytest.mark.slow]
