@@ -11,13 +11,12 @@ from typing import Any, Literal
 
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
-from django.shortcuts import get_object_or_404
 from ninja import Router, Schema
 from pydantic import ConfigDict
 
 from accounts.roles import require_curator
 from annotate import selectors, services
-from annotate.models import Comparison, Judgment, Project
+from annotate.models import Judgment, Project
 
 router = Router(tags=["annotation"])
 
@@ -72,7 +71,7 @@ def _validation_detail(exc: ValidationError) -> Any:
 
 
 def _project(slug: str) -> Project:
-    return get_object_or_404(Project, slug=slug)
+    return selectors.project_by_slug(slug)
 
 
 @router.post(
@@ -145,7 +144,7 @@ def judgment_create(request: HttpRequest, comparison_id: int, payload: JudgmentI
 
     `choice` refers to "a" and "b" as /comparisons/next returned them.
     """
-    comparison = get_object_or_404(Comparison.objects.select_related("project"), pk=comparison_id)
+    comparison = selectors.comparison_with_project(comparison_id)
     shown_left = selectors.shown_left_for(comparison=comparison, annotator=request.user)
     try:
         judgment, created = services.judgment_submit(

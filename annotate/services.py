@@ -22,6 +22,7 @@ from django.utils import timezone
 
 from accounts.roles import is_curator
 from accounts.services import audit_record
+from annotate import rows
 from annotate.importing import (
     ImportRejected,
     InvalidValue,
@@ -427,44 +428,12 @@ _UPSERT_SQL = f"""
 """
 
 
-def _from_row(model, values):
-    """A model instance from its concrete columns in field order, as the ORM would convert them."""
-    converted = []
-    for col, own, value in zip(*_row_layout(model), values, strict=True):
-        if value is not None:
-            for convert in connection.ops.get_db_converters(col) + own:
-                value = convert(value, col, connection)
-        converted.append(value)
-    return model.from_db(connection.alias, _ATTNAMES[model], converted)
-
-
-_LAYOUTS: dict = {}
-_ATTNAMES: dict = {}
-
-
-def _row_layout(model):
-    """Per concrete field: its column expression and its own from_db converters."""
-    if model not in _LAYOUTS:
-        fields = model._meta.concrete_fields
-        cols = [field.get_col(model._meta.db_table) for field in fields]
-        own = [field.get_db_converters(connection) for field in fields]
-        _ATTNAMES[model] = [field.attname for field in fields]
-        _LAYOUTS[model] = (cols, own)
-    return _LAYOUTS[model]
-
-
-def _columns(model, alias: str) -> str:
-    return ", ".join(
-        f"{alias}.{connection.ops.quote_name(f.column)}" for f in model._meta.concrete_fields
-    )
-
-
 def _leased(comparison_id: int, annotator: AbstractBaseUser, expires, shown_left: str):
     # The comparison with its case and both responses, as select_related would load them, in one
     # plain statement (the ORM's compilation of this join cost more CPU than running it).
     sql = f"""
-        SELECT {_columns(Comparison, "c")}, {_columns(Case, "k")},
-               {_columns(Response, "ra")}, {_columns(Response, "rb")}
+        SELECT {rows.columns(Comparison, "c")}, {rows.columns(Case, "k")},
+               {rows.columns(Response, "ra")}, {rows.columns(Response, "rb")}
         FROM {_COMPARISON} c
         JOIN {Case._meta.db_table} k ON k.id = c.case_id
         JOIN {Response._meta.db_table} ra ON ra.id = c.response_a_id
@@ -476,15 +445,9 @@ def _leased(comparison_id: int, annotator: AbstractBaseUser, expires, shown_left
         row = cursor.fetchone()
     if row is None:
         raise Comparison.DoesNotExist(f"comparison {comparison_id} does not exist")
-    widths = [len(m._meta.concrete_fields) for m in (Comparison, Case, Response, Response)]
-    parts, start = [], 0
-    for width in widths:
-        parts.append(row[start : start + width])
-        start += width
-    comparison = _from_row(Comparison, parts[0])
-    comparison.case = _from_row(Case, parts[1])
-    comparison.response_a = _from_row(Response, parts[2])
-    comparison.response_b = _from_row(Response, parts[3])
+    comparison, comparison.case, comparison.response_a, comparison.response_b = rows.instances(
+        row, Comparison, Case, Response, Response
+    )
     lease = Lease(
         comparison=comparison, annotator=annotator, expires_at=expires, shown_left=shown_left
     )
