@@ -174,11 +174,17 @@ def test_chat_prompts_show_the_system_prompt(annotator_client, project):
     assert "Capital of France?" in html
 
 
-def test_blind_comparisons_never_show_the_origin(annotator_client, project):
+def test_annotators_never_see_where_an_answer_came_from(annotator_client, project):
+    # Knowing which side is the human correction or the deployed model biases the judgment.
     html = annotator_client.get(reverse("compare", args=[project.slug])).content.decode()
+    assert "deployed model" not in html and 'class="badge origin"' not in html
+
+
+def test_curators_reviewing_see_the_origin_except_on_blind_comparisons(curator_client, project):
+    html = curator_client.get(reverse("compare", args=[project.slug])).content.decode()
     assert "deployed model" in html  # an ordinary comparison says where each answer came from
     Comparison.objects.update(blind=True)
-    html = annotator_client.get(reverse("compare", args=[project.slug])).content.decode()
+    html = curator_client.get(reverse("compare", args=[project.slug])).content.decode()
     assert "deployed model" not in html and 'class="badge origin"' not in html
 
 
