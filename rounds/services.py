@@ -36,6 +36,7 @@ from rounds.models import (
     Round,
     RoundAnswer,
 )
+from training.lifecycle import transition
 
 MAX_CANDIDATES = 16  # per case and request; more is better done as two requests
 MAX_NEW_TOKENS = 4096
@@ -204,38 +205,10 @@ def _send_to_worker(generation_id: int) -> None:
 # ---------------------------------------------------------------------------------- running
 
 
-def _transition(
-    *,
-    generation_id: int,
-    from_statuses: tuple[str, ...],
-    to_status: str,
-    action: str,
-    actor: AbstractBaseUser | None = None,
-    fields: dict[str, Any] | None = None,
-    audit_extra: dict[str, Any] | None = None,
-) -> GenerationRequest | None:
-    """Move one request between states; None when it was not in ``from_statuses``."""
-    with transaction.atomic():
-        generation = (
-            GenerationRequest.objects.select_for_update()
-            .filter(pk=generation_id, status__in=from_statuses)
-            .first()
-        )
-        if generation is None:
-            return None
-        old_status = generation.status
-        changes = {"status": to_status, **(fields or {})}
-        for name, value in changes.items():
-            setattr(generation, name, value)
-        generation.save(update_fields=list(changes))
-        audit_record(
-            actor=actor,
-            action=action,
-            target=generation,
-            old_value={"status": old_status},
-            new_value={"status": to_status, **(audit_extra or {})},
-        )
-    return generation
+def _transition(*, generation_id: int, **change: Any) -> GenerationRequest | None:
+    """Move one request between states (see training.lifecycle.transition); None when it was
+    not in ``from_statuses``."""
+    return transition(model=GenerationRequest, pk=generation_id, **change)
 
 
 def generation_claim(*, generation_id: int, worker_name: str) -> GenerationRequest | None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from django.utils import timezone
 
 from accounts.roles import require_curator
 from accounts.services import audit_record
+from training.lifecycle import transition
 from training.models import JobStatus, TrainingJob
 
 # The config keys a launch may set: the engine CLI's flags, underscored (DESIGN.md). Anything
@@ -174,40 +174,10 @@ def _send_to_worker(job_id: int) -> None:
 # ---------------------------------------------------------------------------------- running
 
 
-def _transition(
-    *,
-    job_id: int,
-    from_statuses: tuple[str, ...],
-    to_status: str,
-    action: str,
-    actor: AbstractBaseUser | None = None,
-    fields: Callable[[TrainingJob], dict[str, Any]] | None = None,
-    audit_extra: dict[str, Any] | None = None,
-    still: Q | None = None,
-) -> TrainingJob | None:
-    """Move one job between states under a row lock; None when it was not in from_statuses
-    (or no longer matches ``still``). ``fields(job)`` gives the other fields to change.
-
-    The filter is the lock: two workers, or a worker and the reaper, cannot both win.
-    """
-    with transaction.atomic():
-        rows = TrainingJob.objects.select_for_update().filter(pk=job_id, status__in=from_statuses)
-        job = (rows.filter(still) if still is not None else rows).first()
-        if job is None:
-            return None
-        old_status = job.status
-        changes = {"status": to_status, **(fields(job) if fields else {})}
-        for name, value in changes.items():
-            setattr(job, name, value)
-        job.save(update_fields=list(changes))
-        audit_record(
-            actor=actor,
-            action=action,
-            target=job,
-            old_value={"status": old_status},
-            new_value={"status": to_status, **(audit_extra or {})},
-        )
-    return job
+def _transition(*, job_id: int, **change: Any) -> TrainingJob | None:
+    """Move one job between states (see training.lifecycle.transition); None when it was not
+    in ``from_statuses`` (or no longer matches ``still``)."""
+    return transition(model=TrainingJob, pk=job_id, **change)
 
 
 def _ended(job: TrainingJob, phase: str) -> dict[str, Any]:
