@@ -36,7 +36,7 @@ from rounds.models import (
     Round,
     RoundAnswer,
 )
-from training.lifecycle import transition
+from training.lifecycle import request_cancel, transition
 
 MAX_CANDIDATES = 16  # per case and request; more is better done as two requests
 MAX_NEW_TOKENS = 4096
@@ -317,20 +317,12 @@ def generation_cancel(
     )
     if cancelled is not None:
         return cancelled
-    with transaction.atomic():
-        updated = GenerationRequest.objects.filter(
-            pk=generation.pk, status=GenerationStatus.RUNNING, cancel_requested=False
-        ).update(cancel_requested=True)
-        if updated:
-            audit_record(
-                actor=actor,
-                action="generation.cancel_request",
-                target=generation,
-                old_value={"cancel_requested": False},
-                new_value={"cancel_requested": True},
-            )
-    generation.refresh_from_db()
-    return generation
+    return request_cancel(
+        row=generation,
+        running_status=GenerationStatus.RUNNING,
+        action="generation.cancel_request",
+        actor=actor,
+    )
 
 
 def generation_mark_cancelled(*, generation_id: int) -> GenerationRequest | None:

@@ -51,3 +51,24 @@ def transition(
             new_value={"status": to_status, **(audit_extra or {})},
         )
     return row
+
+
+def request_cancel(*, row: Row, running_status: str, action: str, actor=None) -> Row:
+    """Ask the worker running ``row`` to stop (it checks the flag between steps); audited once,
+    however often the user clicks."""
+    with transaction.atomic():
+        updated = (
+            type(row)
+            .objects.filter(pk=row.pk, status=running_status, cancel_requested=False)
+            .update(cancel_requested=True)
+        )
+        if updated:
+            audit_record(
+                actor=actor,
+                action=action,
+                target=row,
+                old_value={"cancel_requested": False},
+                new_value={"cancel_requested": True},
+            )
+    row.refresh_from_db()
+    return row

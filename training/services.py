@@ -24,7 +24,7 @@ from django.utils import timezone
 
 from accounts.roles import require_curator
 from accounts.services import audit_record
-from training.lifecycle import transition
+from training.lifecycle import request_cancel, transition
 from training.models import JobStatus, TrainingJob
 
 # The config keys a launch may set: the engine CLI's flags, underscored (DESIGN.md). Anything
@@ -322,20 +322,9 @@ def job_cancel(*, job: TrainingJob, actor: AbstractBaseUser) -> TrainingJob:
     )
     if cancelled is not None:
         return cancelled
-    with transaction.atomic():
-        updated = TrainingJob.objects.filter(
-            pk=job.pk, status=JobStatus.RUNNING, cancel_requested=False
-        ).update(cancel_requested=True)
-        if updated:
-            audit_record(
-                actor=actor,
-                action="job.cancel_request",
-                target=job,
-                old_value={"cancel_requested": False},
-                new_value={"cancel_requested": True},
-            )
-    job.refresh_from_db()
-    return job
+    return request_cancel(
+        row=job, running_status=JobStatus.RUNNING, action="job.cancel_request", actor=actor
+    )
 
 
 def job_mark_cancelled(*, job_id: int) -> TrainingJob | None:

@@ -90,3 +90,13 @@ def gpu_worker(start_worker, artifact_root, demo_model, tmp_path, settings):
         )
 
     return start
+
+
+@pytest.fixture
+def model_folder(tmp_path, settings):
+    """A folder that passes the launch checks (a config.json), set as the default base model."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    settings.PATCHWISE_BASE_MODEL = str(folder)
+    return folder

@@ -15,15 +15,6 @@ from training.models import TrainingJob
 
 
 @pytest.fixture
-def model_folder(tmp_path, settings):
-    folder = tmp_path / "model"
-    folder.mkdir()
-    (folder / "config.json").write_text(json.dumps({"model_type": "llama"}))
-    settings.PATCHWISE_BASE_MODEL = str(folder)
-    return folder
-
-
-@pytest.fixture
 def project(db, annotator):
     project = project_create(name="Shop", slug="shop")
     case_create(project=project, prompt="Return Ridge hiking boots?", response="7 days.",

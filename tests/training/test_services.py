@@ -1,7 +1,5 @@
 """The job state machine and the data snapshot, through training.services (no worker)."""
 
-import json
-
 import pytest
 from django.core.exceptions import PermissionDenied
 from django.utils import timezone
@@ -11,15 +9,6 @@ from annotate.services import case_create, project_create
 from tests.training.conftest import judge_all
 from training import services
 from training.models import JobStatus, TrainingJob
-
-
-@pytest.fixture
-def model_folder(tmp_path, settings):
-    folder = tmp_path / "model"
-    folder.mkdir()
-    (folder / "config.json").write_text(json.dumps({"model_type": "llama"}))
-    settings.PATCHWISE_BASE_MODEL = str(folder)
-    return folder
 
 
 @pytest.fixture
