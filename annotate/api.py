@@ -120,13 +120,6 @@ def comparison_next(request: HttpRequest, slug: str):
     }
 
 
-def _stored_choice(choice: str, shown_left: str) -> str:
-    """The API's a/b are the annotator's shown order; the database's are response_a/b."""
-    if shown_left == "b" and choice in ("a", "b"):
-        return "b" if choice == "a" else "a"
-    return choice
-
-
 @router.post(
     "/comparisons/{comparison_id}/judgment",
     response={
@@ -145,15 +138,14 @@ def judgment_create(request: HttpRequest, comparison_id: int, payload: JudgmentI
     `choice` refers to "a" and "b" as /comparisons/next returned them.
     """
     comparison = selectors.comparison_with_project(comparison_id)
-    shown_left = selectors.shown_left_for(comparison=comparison, annotator=request.user)
     try:
         judgment, created = services.judgment_submit(
             comparison=comparison,
             annotator=request.user,
-            choice=_stored_choice(payload.choice, shown_left),
+            choice=payload.choice,
+            as_shown=True,  # the API's a/b are the order this annotator was shown
             edited=payload.edited,
             rationale=payload.rationale,
-            shown_left=shown_left,
             duration_ms=payload.duration_ms,
         )
     except ValidationError as exc:
@@ -162,14 +154,14 @@ def judgment_create(request: HttpRequest, comparison_id: int, payload: JudgmentI
         return 409, {"detail": str(exc)}
     except PermissionDenied as exc:
         return 403, {"detail": str(exc)}
-    return (201 if created else 200), _judgment_out(judgment, created, shown_left)
+    return (201 if created else 200), _judgment_out(judgment, created)
 
 
-def _judgment_out(judgment: Judgment, created: bool, shown_left: str) -> dict[str, Any]:
+def _judgment_out(judgment: Judgment, created: bool) -> dict[str, Any]:
     return {
         "id": judgment.pk,
         "comparison_id": judgment.comparison_id,
-        "choice": _stored_choice(judgment.choice, shown_left),
+        "choice": services.flip_for(judgment.choice, judgment.shown_left),
         "created": created,
     }
 

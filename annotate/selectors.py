@@ -19,23 +19,20 @@ from collections.abc import Iterator
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import connection
 from django.db.models import Exists, OuterRef, Prefetch, Q, QuerySet
 
 from accounts.roles import is_curator
-from annotate import rows
 from annotate.models import (
     Case,
     Choice,
     Comparison,
     Judgment,
-    Lease,
     Origin,
     Project,
     Response,
-    Side,
     Split,
 )
+from config import rows
 
 EXPORT_CHUNK = 500
 
@@ -167,30 +164,6 @@ def eval_prompts(*, project: Project) -> list[dict[str, Any]]:
             item["topic"] = case.topic
         items.append(item)
     return items
-
-
-def shown_left_for(*, comparison: Comparison, annotator: AbstractBaseUser) -> str:
-    """The side the annotator saw on the left: from their lease, else their judgment, else "a".
-
-    An annotator never holds both: judging spends the lease, undoing gives a new one.
-    """
-    # One plain statement: it runs for every judgment posted through the API.
-    sql = f"""
-        SELECT shown_left FROM (
-            SELECT 0 AS source, shown_left FROM {Lease._meta.db_table}
-            WHERE comparison_id = %(comparison)s AND annotator_id = %(user)s
-            UNION ALL
-            SELECT 1, shown_left FROM {Judgment._meta.db_table}
-            WHERE comparison_id = %(comparison)s AND annotator_id = %(user)s
-        ) sides
-        WHERE shown_left <> ''
-        ORDER BY source
-        LIMIT 1
-    """  # noqa: S608 (table names from the models, values as parameters)
-    with connection.cursor() as cursor:
-        cursor.execute(sql, {"comparison": comparison.pk, "user": annotator.pk})
-        row = cursor.fetchone()
-    return row[0] if row else Side.A
 
 
 def project_by_slug(slug: str) -> Project:

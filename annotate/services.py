@@ -9,6 +9,7 @@ second judgment by one annotator impossible.
 """
 
 import secrets
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -22,7 +23,6 @@ from django.utils import timezone
 
 from accounts.roles import is_curator
 from accounts.services import audit_record
-from annotate import rows
 from annotate.importing import (
     ImportRejected,
     InvalidValue,
@@ -45,6 +45,7 @@ from annotate.models import (
     Side,
     Split,
 )
+from config import rows
 
 __all__ = [
     "ComparisonTaken",
@@ -55,6 +56,7 @@ __all__ = [
     "case_create",
     "cases_import",
     "comparison_create",
+    "flip_for",
     "judgment_submit",
     "judgment_undo",
     "lease_next_comparison",
@@ -380,9 +382,13 @@ def cases_import(
 
 # --- the queue --------------------------------------------------------------------------------
 #
-# The lease path is plain SQL: it runs for every pair an annotator sees, and compiling the same
-# query through the ORM cost more CPU than PostgreSQL spent running it (bench/queue_bench.py).
-# Table names come from the models' _meta, so a renamed table cannot go stale here.
+# A lease and a judgment are one round trip each on PostgreSQL: the functions
+# patchwise_lease_next and patchwise_judge (annotate/migrations/0004_queue_functions.py) run the
+# steps below inside the database. On SQLite, the embedded default for one person, the same
+# steps run as separate statements (_lease_steps, _judge_steps). A change to one must change the
+# other: the queue tests run the functions, test_commands runs the steps. Either way the path is
+# plain SQL: compiling these queries through the ORM cost more CPU than running them
+# (bench/queue_bench.py). Table names come from the models' _meta.
 
 _COMPARISON = Comparison._meta.db_table
 _JUDGMENT = Judgment._meta.db_table
@@ -426,27 +432,75 @@ _UPSERT_SQL = f"""
     ON CONFLICT (comparison_id, annotator_id)
     DO UPDATE SET expires_at = EXCLUDED.expires_at, shown_left = EXCLUDED.shown_left
 """
+_LEASE_NEXT_CALL = """
+    patchwise_lease_next(%(project)s::bigint, %(user)s::integer, %(now)s::timestamptz,
+                         %(expires)s::timestamptz, %(overlap)s::integer, %(side)s::varchar)
+"""
+_JUDGE_CALL = """
+    SELECT outcome, judgment_id, judged_left, judged_choice FROM patchwise_judge(
+        %(comparison)s::bigint, %(user)s::integer, %(now)s::timestamptz, %(overlap)s::integer,
+        %(choice)s::varchar, %(as_shown)s::boolean, %(shown_left)s::varchar, %(edited)s::text,
+        %(corrected)s::bigint, %(rationale)s::text, %(duration)s::integer)
+"""
 
 
-def _leased(comparison_id: int, annotator: AbstractBaseUser, expires, shown_left: str):
-    # The comparison with its case and both responses, as select_related would load them, in one
-    # plain statement (the ORM's compilation of this join cost more CPU than running it).
+def flip_for(choice: str, shown_left: str) -> str:
+    """A choice between the stored a/b and the a/b one annotator saw, either way round.
+
+    With "b" shown on the left the two swap; tie and both_bad mean the same on either screen.
+    """
+    if shown_left == "b" and choice in ("a", "b"):
+        return "b" if choice == "a" else "a"
+    return choice
+
+
+def _lease_steps(cursor, params: dict) -> tuple[int, str] | None:
+    """patchwise_lease_next as separate statements: (comparison id, shown_left) or None."""
+    lock = "FOR UPDATE OF c SKIP LOCKED" if connection.features.has_select_for_update else ""
+    cursor.execute(_HELD_SQL, params)
+    held = cursor.fetchone()
+    if held is not None:
+        cursor.execute(_RENEW_SQL, {**params, "comparison": held[0]})
+        return held[0], held[1]
+    tried: list[int] = []
+    for _attempt in range(20):
+        not_tried = f"AND c.id NOT IN ({', '.join(map(str, tried))})" if tried else ""
+        cursor.execute(_CANDIDATE_SQL.format(tried=not_tried, lock=lock), params)
+        row = cursor.fetchone()
+        if row is None:
+            return None
+        # The candidate query ran on a snapshot taken before we held the row lock; a lease
+        # committed in between is invisible to it. This count is a new statement, under the
+        # lock, so it sees every lease that any other transaction wrote for this row.
+        cursor.execute(_HOLDERS_SQL, {**params, "comparison": row[0]})
+        judgment_count, holders = cursor.fetchone()
+        if judgment_count + holders < params["overlap"]:
+            cursor.execute(_UPSERT_SQL, {**params, "comparison": row[0]})
+            return row[0], params["side"]
+        tried.append(row[0])
+    return None
+
+
+def _leased(source: str, params: dict, annotator: AbstractBaseUser, expires):
+    """The leased comparison with its case and both responses, as select_related would load
+    them, from `source`: a relation n(leased_id, leased_side) of at most one row."""
     sql = f"""
-        SELECT {rows.columns(Comparison, "c")}, {rows.columns(Case, "k")},
+        SELECT n.leased_side, {rows.columns(Comparison, "c")}, {rows.columns(Case, "k")},
                {rows.columns(Response, "ra")}, {rows.columns(Response, "rb")}
-        FROM {_COMPARISON} c
+        FROM {source}
+        JOIN {_COMPARISON} c ON c.id = n.leased_id
         JOIN {Case._meta.db_table} k ON k.id = c.case_id
         JOIN {Response._meta.db_table} ra ON ra.id = c.response_a_id
         JOIN {Response._meta.db_table} rb ON rb.id = c.response_b_id
-        WHERE c.id = %s
     """  # noqa: S608 (table and column names from the models, values as parameters)
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [comparison_id])
+    with rows.cursor() as cursor:
+        cursor.execute(sql, params)
         row = cursor.fetchone()
     if row is None:
-        raise Comparison.DoesNotExist(f"comparison {comparison_id} does not exist")
+        return None
+    shown_left = row[0]
     comparison, comparison.case, comparison.response_a, comparison.response_b = rows.instances(
-        row, Comparison, Case, Response, Response
+        row[1:], Comparison, Case, Response, Response
     )
     lease = Lease(
         comparison=comparison, annotator=annotator, expires_at=expires, shown_left=shown_left
@@ -472,37 +526,103 @@ def lease_next_comparison(
         "user": annotator.pk,
         "now": adapt(now),
         "expires": adapt(expires),
+        "overlap": project.overlap,
+        "side": secrets.choice((Side.A, Side.B)),  # the side shown on the left, if new
     }
-    lock = "FOR UPDATE OF c SKIP LOCKED" if connection.features.has_select_for_update else ""
-    tried: list[int] = []
-    with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(_HELD_SQL, params)
-        held = cursor.fetchone()
-        if held is not None:
-            cursor.execute(_RENEW_SQL, {**params, "comparison": held[0]})
-            return _leased(held[0], annotator, expires, held[1])
-        for _attempt in range(20):
-            not_tried = f"AND c.id NOT IN ({', '.join(map(str, tried))})" if tried else ""
-            sql = _CANDIDATE_SQL.format(tried=not_tried, lock=lock)
-            cursor.execute(sql, {**params, "overlap": project.overlap})
-            row = cursor.fetchone()
-            if row is None:
-                return None
-            # The candidate query ran on a snapshot taken before we held the row lock; a lease
-            # committed in between is invisible to it. This count is a new statement, under the
-            # lock, so it sees every lease that any other transaction wrote for this row.
-            cursor.execute(_HOLDERS_SQL, {**params, "comparison": row[0]})
-            judgment_count, holders = cursor.fetchone()
-            if judgment_count + holders < project.overlap:
-                side = secrets.choice((Side.A, Side.B))
-                cursor.execute(_UPSERT_SQL, {**params, "comparison": row[0], "side": side})
-                return _leased(row[0], annotator, expires, side)
-            tried.append(row[0])
-    return None
+    if connection.vendor == "postgresql":
+        # One statement: the function leases, the joins load what was leased.
+        return _leased(f"{_LEASE_NEXT_CALL} n", params, annotator, expires)
+    with transaction.atomic(), rows.cursor() as cursor:
+        leased = _lease_steps(cursor, params)
+        if leased is None:
+            return None
+        source = "(SELECT %(comparison)s AS leased_id, %(leased_side)s AS leased_side) n"
+        return _leased(
+            source, {"comparison": leased[0], "leased_side": leased[1]}, annotator, expires
+        )
 
 
-def _same_judgment(judgment: Judgment, *, choice: str, edited: str, rationale: str) -> bool:
-    return (judgment.choice, judgment.edited, judgment.rationale) == (choice, edited, rationale)
+def _judge_steps(
+    cursor, params: dict, annotator: AbstractBaseUser
+) -> tuple[str, int | None, str | None, str | None]:
+    """patchwise_judge as separate statements: (outcome, judgment id, shown_left, choice)."""
+    lock = "FOR UPDATE" if connection.features.has_select_for_update else ""
+    cursor.execute(
+        f"SELECT judgment_count, label FROM {_COMPARISON} WHERE id = %(comparison)s {lock}",
+        params,
+    )
+    if (row := cursor.fetchone()) is None:
+        return "missing", None, None, None
+    judgment_count, label = row
+    cursor.execute(
+        f"SELECT id, shown_left FROM {_JUDGMENT} "
+        "WHERE comparison_id = %(comparison)s AND annotator_id = %(user)s",
+        params,
+    )
+    if (row := cursor.fetchone()) is not None:
+        return "exists", row[0], row[1], None
+    if label:
+        return "labelled", None, None, None
+    cursor.execute(
+        f"SELECT expires_at > %(now)s, shown_left FROM {_LEASE} "
+        "WHERE comparison_id = %(comparison)s AND annotator_id = %(user)s",
+        params,
+    )
+    lease = cursor.fetchone()  # (live, shown_left) or None
+    if lease is None or not lease[0]:
+        cursor.execute(_HOLDERS_SQL, params)
+        if judgment_count + cursor.fetchone()[1] >= params["overlap"]:
+            return "taken", None, None, None
+    # The database has the last word: the count never passes the overlap.
+    cursor.execute(
+        f"UPDATE {_COMPARISON} SET judgment_count = judgment_count + 1, "
+        "needs_judgments = (judgment_count + 1 < %(overlap)s) "
+        "WHERE id = %(comparison)s AND judgment_count < %(overlap)s",
+        params,
+    )
+    if cursor.rowcount != 1:
+        return "full", None, None, None
+    shown_left = params["shown_left"] or (lease[1] if lease else Side.A)
+    choice = flip_for(params["choice"], shown_left) if params["as_shown"] else params["choice"]
+    judgment = Judgment.objects.create(
+        comparison_id=params["comparison"],
+        annotator_id=params["user"],
+        choice=choice,
+        edited=params["edited"],
+        corrected_response_id=params["corrected"],
+        rationale=params["rationale"],
+        shown_left=shown_left,
+        duration_ms=params["duration"],
+    )
+    # Its own lease is spent; expired ones of others on this row are cleared on the way.
+    cursor.execute(
+        f"DELETE FROM {_LEASE} WHERE comparison_id = %(comparison)s "
+        "AND (annotator_id = %(user)s OR expires_at <= %(now)s)",
+        params,
+    )
+    audit_record(
+        actor=annotator,
+        action="judgment.create",
+        target=judgment,
+        new_value={
+            "comparison": params["comparison"],
+            "choice": choice,
+            "edited": bool(params["edited"]),
+            "shown_left": shown_left,
+        },
+    )
+    return "created", judgment.pk, shown_left, choice
+
+
+def _judge(
+    params: dict, annotator: AbstractBaseUser
+) -> tuple[str, int | None, str | None, str | None]:
+    if connection.vendor == "postgresql":
+        with rows.cursor() as cursor:
+            cursor.execute(_JUDGE_CALL, params)
+            return cursor.fetchone()
+    with transaction.atomic(), rows.cursor() as cursor:
+        return _judge_steps(cursor, params, annotator)
 
 
 def judgment_submit(
@@ -514,12 +634,15 @@ def judgment_submit(
     rationale: str = "",
     shown_left: str | None = None,
     duration_ms: int | None = None,
+    as_shown: bool = False,
 ) -> tuple[Judgment, bool]:
     """Record the annotator's judgment; returns (judgment, created).
 
-    A repeat of the same judgment returns the first one with created=False. A different second
-    judgment raises JudgmentConflict; a comparison whose overlap is used up by others raises
-    ComparisonTaken. An `edited` answer is also stored as a human Response of the case.
+    `choice` names the comparison's response_a/response_b; with `as_shown` it names them as this
+    annotator was shown them (their lease's side, or for a repeat their judgment's), as the API
+    does. A repeat of the same judgment returns the first one with created=False. A different
+    second judgment raises JudgmentConflict; a comparison whose overlap is used up by others
+    raises ComparisonTaken. An `edited` answer is also stored as a human Response of the case.
     """
     edited = edited if edited and edited.strip() else ""
     errors = {}
@@ -545,89 +668,64 @@ def judgment_submit(
         "user": annotator.pk,
         "now": connection.ops.adapt_datetimefield_value(now),
         "overlap": project.overlap,
+        "choice": choice,
+        "as_shown": as_shown,
+        "shown_left": shown_left or "",
+        "edited": edited,
+        "corrected": None,
+        "rationale": rationale,
+        "duration": duration_ms,
     }
-    lock = "FOR UPDATE" if connection.features.has_select_for_update else ""
-    with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT judgment_count, label FROM {_COMPARISON} WHERE id = %(comparison)s {lock}",
-            params,
-        )
-        judgment_count, label = cursor.fetchone()
-        cursor.execute(
-            f"SELECT id FROM {_JUDGMENT} "
-            "WHERE comparison_id = %(comparison)s AND annotator_id = %(user)s",
-            params,
-        )
-        if (row := cursor.fetchone()) is not None:
-            existing = Judgment.objects.get(pk=row[0])
-            if _same_judgment(existing, choice=choice, edited=edited, rationale=rationale):
-                return existing, False
-            raise JudgmentConflict(
-                f"You already judged comparison {comparison.pk} as {existing.choice!r}; "
-                "undo it first to change it."
-            )
-        if label:
-            raise ComparisonTaken(f"Comparison {comparison.pk} was imported already labelled.")
-        cursor.execute(
-            f"SELECT expires_at > %(now)s, shown_left FROM {_LEASE} "
-            "WHERE comparison_id = %(comparison)s AND annotator_id = %(user)s",
-            params,
-        )
-        lease = cursor.fetchone()  # (live, shown_left) or None
-        if lease is None or not lease[0]:
-            cursor.execute(_HOLDERS_SQL, params)
-            if judgment_count + cursor.fetchone()[1] >= project.overlap:
-                raise ComparisonTaken(
-                    f"Comparison {comparison.pk} is with other annotators; take the next one."
-                )
-        # The database has the last word: the count never passes the overlap.
-        cursor.execute(
-            f"UPDATE {_COMPARISON} SET judgment_count = judgment_count + 1, "
-            "needs_judgments = (judgment_count + 1 < %(overlap)s) "
-            "WHERE id = %(comparison)s AND judgment_count < %(overlap)s",
-            params,
-        )
-        if cursor.rowcount != 1:
-            raise ComparisonTaken(f"Comparison {comparison.pk} has all its judgments.")
-        comparison.judgment_count = judgment_count + 1
-        comparison.needs_judgments = comparison.judgment_count < project.overlap
-        corrected = None
+    corrected = None
+    # Without a corrected answer the judgment is one statement (on PostgreSQL), atomic alone.
+    with transaction.atomic() if edited else nullcontext():
         if edited:
             corrected = response_create(
                 case=comparison.case, text=edited, origin=Origin.HUMAN, created_by=annotator
             )
-        judgment = Judgment(
-            comparison=comparison,
-            annotator=annotator,
-            choice=choice,
-            edited=edited,
-            corrected_response=corrected,
-            rationale=rationale,
-            shown_left=shown_left or (lease[1] if lease else Side.A),
-            duration_ms=duration_ms,
+            params["corrected"] = corrected.pk
+        outcome, judgment_id, judged_left, judged_choice = _judge(params, annotator)
+        if outcome != "created" and edited:
+            transaction.set_rollback(True)  # the corrected answer goes with the judgment
+    if outcome == "exists":
+        existing = Judgment.objects.get(pk=judgment_id)
+        wanted = flip_for(choice, existing.shown_left) if as_shown else choice
+        if _same_judgment(existing, choice=wanted, edited=edited, rationale=rationale):
+            return existing, False
+        was = flip_for(existing.choice, existing.shown_left) if as_shown else existing.choice
+        raise JudgmentConflict(
+            f"You already judged comparison {comparison.pk} as {was!r}; undo it first to change it."
         )
-        judgment.full_clean(
-            exclude=["comparison", "annotator", "corrected_response"], validate_constraints=False
+    if outcome != "created":
+        raise ComparisonTaken(
+            {
+                "missing": f"Comparison {comparison.pk} does not exist any more.",
+                "labelled": f"Comparison {comparison.pk} was imported already labelled.",
+                "taken": f"Comparison {comparison.pk} is with other annotators; take the next one.",
+                "full": f"Comparison {comparison.pk} has all its judgments.",
+            }[outcome]
         )
-        judgment.save()
-        # Its own lease is spent; expired ones of others on this row are cleared on the way.
-        cursor.execute(
-            f"DELETE FROM {_LEASE} WHERE comparison_id = %(comparison)s "
-            "AND (annotator_id = %(user)s OR expires_at <= %(now)s)",
-            params,
-        )
-        audit_record(
-            actor=annotator,
-            action="judgment.create",
-            target=judgment,
-            new_value={
-                "comparison": comparison.pk,
-                "choice": choice,
-                "edited": bool(edited),
-                "shown_left": judgment.shown_left,
-            },
-        )
+    comparison.judgment_count += 1
+    comparison.needs_judgments = comparison.judgment_count < project.overlap
+    judgment = Judgment(
+        pk=judgment_id,
+        comparison=comparison,
+        annotator=annotator,
+        choice=judged_choice,
+        edited=edited,
+        corrected_response=corrected,
+        rationale=rationale,
+        shown_left=judged_left,
+        duration_ms=duration_ms,
+        created_at=now,
+    )
+    # The row just written, as a queryset would load it.
+    judgment._state.adding, judgment._state.db = False, connection.alias
     return judgment, True
+
+
+def _same_judgment(judgment: Judgment, *, choice: str, edited: str, rationale: str) -> bool:
+    return (judgment.choice, judgment.edited, judgment.rationale) == (choice, edited, rationale)
 
 
 @transaction.atomic

@@ -67,7 +67,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
-    "csp.middleware.CSPMiddleware",
+    "config.middleware.CSPMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -99,6 +99,12 @@ DATABASES = {
 # Parallel test runs (several developers, CI) each name their own test database.
 if os.environ.get("TEST_DATABASE_NAME"):
     DATABASES["default"]["TEST"] = {"NAME": os.environ["TEST_DATABASE_NAME"]}
+if DATABASES["default"]["ENGINE"].endswith("postgresql"):
+    # The hot paths' statements (config/rows.py) are prepared on their fifth run per connection,
+    # so PostgreSQL stops planning them per request. A pooler in transaction mode older than
+    # PgBouncer 1.21 cannot keep prepared statements: set PATCHWISE_PREPARED_STATEMENTS=0 there.
+    if os.environ.get("PATCHWISE_PREPARED_STATEMENTS", "1") != "0":
+        DATABASES["default"].setdefault("OPTIONS", {})["prepare_threshold"] = 5
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     VAR_DIR.mkdir(parents=True, exist_ok=True)
     # One person trying the app: wait for the writer instead of failing with "database is locked".

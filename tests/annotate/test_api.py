@@ -4,8 +4,9 @@ import json
 
 import pytest
 
+from accounts.models import AuditEvent
 from accounts.services import token_create
-from annotate.models import Case, Comparison, Judgment
+from annotate.models import Case, Comparison, Judgment, Lease, Response
 from annotate.services import case_create, project_create
 from tests.annotate.conftest import make_pairs
 
@@ -108,6 +109,42 @@ def test_label_through_the_api_until_none_is_left(project, annotator, api):
     assert conflict.status_code == 409 and "already judged" in conflict.json()["detail"]
     nothing = call("get", "/projects/support/comparisons/next")
     assert nothing.status_code == 204 and nothing.content == b""
+
+
+@pytest.mark.parametrize("shown_left", ["a", "b"])
+def test_the_api_choice_names_the_side_this_annotator_was_shown(
+    project, annotator, api, shown_left
+):
+    """With "b" on the left, "a" is response_b: the mapping, its repeat, a conflict, the audit."""
+    (comparison,) = make_pairs(project, 1)
+    call = api(annotator.user)
+    assert call("get", "/projects/support/comparisons/next").status_code == 200
+    Lease.objects.filter(comparison=comparison).update(shown_left=shown_left)
+    url = f"/comparisons/{comparison.pk}/judgment"
+
+    judged = call("post", url, {"choice": "a", "edited": "A fixed answer."})
+    assert judged.status_code == 201 and judged.json()["choice"] == "a"
+    stored = Judgment.objects.get()
+    assert stored.choice == shown_left and stored.shown_left == shown_left
+    assert stored.corrected_response.text == "A fixed answer."
+    assert not Lease.objects.exists()
+    event = AuditEvent.objects.get(action="judgment.create")
+    assert event.actor == annotator.user and event.target_id == str(stored.pk)
+    assert event.new_value == {
+        "comparison": comparison.pk,
+        "choice": shown_left,
+        "edited": True,
+        "shown_left": shown_left,
+    }
+
+    repeat = call("post", url, {"choice": "a", "edited": "A fixed answer."})
+    assert repeat.status_code == 200 and repeat.json() == {**judged.json(), "created": False}
+    responses = Response.objects.count()
+    conflict = call("post", url, {"choice": "b", "edited": "Another answer."})
+    assert conflict.status_code == 409
+    assert f"comparison {comparison.pk} as 'a'" in conflict.json()["detail"]
+    # The refused judgment's corrected answer was not kept either.
+    assert Response.objects.count() == responses and Judgment.objects.count() == 1
 
 
 def test_judgment_errors(project, annotator, make_user, api):

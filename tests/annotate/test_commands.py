@@ -142,12 +142,16 @@ def test_the_queue_and_commands_work_on_the_embedded_sqlite(tmp_path):
     cases.write_text("prompt,response,better_response\nBoots?,7 days.,30 days.\nTent?,5 y.,\n")
     label = (
         "from django.contrib.auth.models import User; from annotate.models import Project; "
-        "from annotate.services import lease_next_comparison, judgment_submit; "
+        "from annotate.services import flip_for, lease_next_comparison, judgment_submit; "
         "p = Project.objects.get(slug='demo'); u = User.objects.get(username='annotator'); "
         "n = 0\n"
         "while (leased := lease_next_comparison(project=p, annotator=u)):\n"
-        "    c = leased[0]; good = 'a' if '30' in c.response_a.text else 'b'\n"
-        "    judgment_submit(comparison=c, annotator=u, choice=good); n += 1\n"
+        "    c, _, left = leased; good = 'a' if '30' in c.response_a.text else 'b'\n"
+        "    shown = flip_for(good, left)  # as the API's clients name it\n"
+        "    j, new = judgment_submit(comparison=c, annotator=u, choice=shown, as_shown=True)\n"
+        "    again = judgment_submit(comparison=c, annotator=u, choice=shown, as_shown=True)\n"
+        "    assert (j.choice, new, again[0].pk, again[1]) == (good, True, j.pk, False)\n"
+        "    n += 1\n"
         "print('judged', n)"
     )
 
