@@ -27,6 +27,11 @@ def is_curator(user: AbstractBaseUser | AnonymousUser) -> bool:
     return cached
 
 
+def remember_role(user: AbstractBaseUser, *, curator: bool) -> None:
+    """Record a role already read with the user (token authentication), for is_curator."""
+    user._patchwise_is_curator = curator
+
+
 def require_curator(user: AbstractBaseUser | AnonymousUser) -> None:
     if not is_curator(user):
         raise PermissionDenied("Only curators may do this.")

@@ -8,7 +8,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from accounts.models import ApiToken, AuditEvent, hash_token
-from accounts.roles import ROLES
+from accounts.roles import CURATOR, ROLES, remember_role
 from config import rows
 
 TOKEN_PREFIX = "pw_"
@@ -57,22 +57,30 @@ def token_authenticate(*, raw_token: str) -> AbstractBaseUser | None:
     User = get_user_model()
     now = timezone.now()
     adapt = connection.ops.adapt_datetimefield_value  # SQLite stores its own text format
+    user_groups = User.groups.through._meta
     sql = f"""
-        SELECT t.id, (t.last_used_at IS NULL OR t.last_used_at < %s), {rows.columns(User, "u")}
+        SELECT t.id, (t.last_used_at IS NULL OR t.last_used_at < %s),
+               EXISTS (SELECT 1 FROM {user_groups.db_table} ug
+                       JOIN {Group._meta.db_table} g ON g.id = ug.group_id
+                       WHERE ug.user_id = u.{User._meta.pk.column} AND g.name = %s),
+               {rows.columns(User, "u")}
         FROM {ApiToken._meta.db_table} t
         JOIN {User._meta.db_table} u ON u.{User._meta.pk.column} = t.user_id
         WHERE t.token_hash = %s AND t.revoked_at IS NULL AND u.is_active
     """  # noqa: S608 (table and column names from the models, values as parameters)
+    params = [adapt(now - timedelta(seconds=60)), CURATOR, hash_token(raw_token)]
     with rows.cursor() as cursor:
-        cursor.execute(sql, [adapt(now - timedelta(seconds=60)), hash_token(raw_token)])
+        cursor.execute(sql, params)
         row = cursor.fetchone()
     if row is None:
         return None
-    token_id, stale = row[0], row[1]
+    token_id, stale, curator = row[0], row[1], row[2]
     # Recording use at most once a minute keeps the hot API path free of a write per request.
     if stale:
         ApiToken.objects.filter(pk=token_id).update(last_used_at=now)
-    return rows.instance(User, row[2:])
+    user = rows.instance(User, row[3:])
+    remember_role(user, curator=bool(curator))  # role checks of this request ask no query
+    return user
 
 
 def audit_record(

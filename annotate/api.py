@@ -10,13 +10,13 @@ from datetime import datetime
 from typing import Any, Literal
 
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from ninja import Router, Schema
 from pydantic import ConfigDict
 
 from accounts.roles import require_curator
 from annotate import selectors, services
-from annotate.models import Judgment, Project
+from annotate.models import Comparison, Judgment, Project
 
 router = Router(tags=["annotation"])
 
@@ -103,8 +103,7 @@ def comparison_next(request: HttpRequest, slug: str):
     Origins (deployed, human, generated) are not part of the answer, so a blind comparison
     stays blind.
     """
-    project = _project(slug)
-    leased = services.lease_next_comparison(project=project, annotator=request.user)
+    leased = services.lease_next_in_project(slug=slug, annotator=request.user)
     if leased is None:
         return 204, None
     comparison, lease, shown_left = leased
@@ -137,10 +136,9 @@ def judgment_create(request: HttpRequest, comparison_id: int, payload: JudgmentI
 
     `choice` refers to "a" and "b" as /comparisons/next returned them.
     """
-    comparison = selectors.comparison_with_project(comparison_id)
     try:
         judgment, created = services.judgment_submit(
-            comparison=comparison,
+            comparison=comparison_id,
             annotator=request.user,
             choice=payload.choice,
             as_shown=True,  # the API's a/b are the order this annotator was shown
@@ -154,6 +152,8 @@ def judgment_create(request: HttpRequest, comparison_id: int, payload: JudgmentI
         return 409, {"detail": str(exc)}
     except PermissionDenied as exc:
         return 403, {"detail": str(exc)}
+    except Comparison.DoesNotExist:
+        raise Http404("No Comparison matches the given query.") from None
     return (201 if created else 200), _judgment_out(judgment, created)
 
 

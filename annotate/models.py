@@ -158,9 +158,14 @@ class Comparison(models.Model):
 
 
 class Judgment(models.Model):
-    comparison = models.ForeignKey(Comparison, on_delete=models.CASCADE, related_name="judgments")
+    # No single-column indexes on the two keys: the unique constraint's index (comparison,
+    # annotator) and the (annotator, -created_at) index serve those lookups, and every extra
+    # index is one more write per judgment.
+    comparison = models.ForeignKey(
+        Comparison, on_delete=models.CASCADE, related_name="judgments", db_index=False
+    )
     annotator = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="judgments"
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="judgments", db_index=False
     )
     # a/b name the comparison's response_a/response_b, not the side of the screen.
     choice = models.CharField(max_length=8, choices=Choice.choices)
@@ -189,9 +194,12 @@ class Judgment(models.Model):
 class Lease(models.Model):
     """An annotator's hold on a comparison; after `expires_at` the slot returns to the queue."""
 
-    comparison = models.ForeignKey(Comparison, on_delete=models.CASCADE, related_name="leases")
+    # Indexed by the unique constraint (comparison, annotator) and by (annotator, expires_at).
+    comparison = models.ForeignKey(
+        Comparison, on_delete=models.CASCADE, related_name="leases", db_index=False
+    )
     annotator = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="leases"
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="leases", db_index=False
     )
     expires_at = models.DateTimeField()
     # Which response this annotator sees on the left: random per annotator, kept for the judgment.

@@ -170,17 +170,3 @@ def project_by_slug(slug: str) -> Project:
     """The project, or Http404: get_object_or_404 in one plain statement (every API call)."""
     sql = f"SELECT {rows.columns(Project, 'p')} FROM {Project._meta.db_table} p WHERE p.slug = %s"
     return rows.instance(Project, rows.one_or_404(Project, sql, [slug]))
-
-
-def comparison_with_project(comparison_id: int) -> Comparison:
-    """The comparison with its project loaded, or Http404, in one plain statement."""
-    sql = f"""
-        SELECT {rows.columns(Comparison, "c")}, {rows.columns(Project, "p")}
-        FROM {Comparison._meta.db_table} c
-        JOIN {Project._meta.db_table} p ON p.id = c.project_id
-        WHERE c.id = %s
-    """  # noqa: S608 (table and column names from the models, values as parameters)
-    comparison, comparison.project = rows.instances(
-        rows.one_or_404(Comparison, sql, [comparison_id]), Comparison, Project
-    )
-    return comparison

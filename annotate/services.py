@@ -23,6 +23,7 @@ from django.utils import timezone
 
 from accounts.roles import is_curator
 from accounts.services import audit_record
+from annotate import selectors
 from annotate.importing import (
     ImportRejected,
     InvalidValue,
@@ -60,6 +61,7 @@ __all__ = [
     "judgment_submit",
     "judgment_undo",
     "lease_next_comparison",
+    "lease_next_in_project",
     "project_create",
     "project_update",
     "require_project_access",
@@ -393,6 +395,9 @@ def cases_import(
 _COMPARISON = Comparison._meta.db_table
 _JUDGMENT = Judgment._meta.db_table
 _LEASE = Lease._meta.db_table
+_PROJECT = Project._meta.db_table
+_MEMBERS = Project.members.through._meta.db_table
+_MEMBER_SQL = f"SELECT 1 FROM {_MEMBERS} WHERE project_id = %(project)s AND user_id = %(user)s"
 
 # Comparisons of the project still open, not judged by this annotator, with a free slot once the
 # live leases of others are counted; those already started first (with overlap > 1 they finish
@@ -434,11 +439,12 @@ _UPSERT_SQL = f"""
 """
 _LEASE_NEXT_CALL = """
     patchwise_lease_next(%(project)s::bigint, %(user)s::integer, %(now)s::timestamptz,
-                         %(expires)s::timestamptz, %(overlap)s::integer, %(side)s::varchar)
+                         %(expires)s::timestamptz, %(overlap)s::integer, %(side)s::varchar,
+                         %(async_commit)s::boolean)
 """
 _JUDGE_CALL = """
     SELECT outcome, judgment_id, judged_left, judged_choice FROM patchwise_judge(
-        %(comparison)s::bigint, %(user)s::integer, %(now)s::timestamptz, %(overlap)s::integer,
+        %(comparison)s::bigint, %(user)s::integer, %(privileged)s::boolean, %(now)s::timestamptz,
         %(choice)s::varchar, %(as_shown)s::boolean, %(shown_left)s::varchar, %(edited)s::text,
         %(corrected)s::bigint, %(rationale)s::text, %(duration)s::integer)
 """
@@ -481,7 +487,7 @@ def _lease_steps(cursor, params: dict) -> tuple[int, str] | None:
     return None
 
 
-def _leased(source: str, params: dict, annotator: AbstractBaseUser, expires):
+def _leased(source: str, params: dict, annotator: AbstractBaseUser, where: str = "TRUE"):
     """The leased comparison with its case and both responses, as select_related would load
     them, from `source`: a relation n(leased_id, leased_side) of at most one row."""
     sql = f"""
@@ -492,6 +498,7 @@ def _leased(source: str, params: dict, annotator: AbstractBaseUser, expires):
         JOIN {Case._meta.db_table} k ON k.id = c.case_id
         JOIN {Response._meta.db_table} ra ON ra.id = c.response_a_id
         JOIN {Response._meta.db_table} rb ON rb.id = c.response_b_id
+        WHERE {where}
     """  # noqa: S608 (table and column names from the models, values as parameters)
     with rows.cursor() as cursor:
         cursor.execute(sql, params)
@@ -503,7 +510,10 @@ def _leased(source: str, params: dict, annotator: AbstractBaseUser, expires):
         row[1:], Comparison, Case, Response, Response
     )
     lease = Lease(
-        comparison=comparison, annotator=annotator, expires_at=expires, shown_left=shown_left
+        comparison=comparison,
+        annotator=annotator,
+        expires_at=params["expires_at"],
+        shown_left=shown_left,
     )
     return comparison, lease, shown_left
 
@@ -518,42 +528,79 @@ def lease_next_comparison(
     annotator holds one lease per project: asking again (a reload) renews and returns it.
     """
     require_project_access(project=project, user=annotator)
-    now = timezone.now()
-    expires = now + LEASE_DURATION
-    adapt = connection.ops.adapt_datetimefield_value  # SQLite stores its own text format
-    params = {
-        "project": project.pk,
-        "user": annotator.pk,
-        "now": adapt(now),
-        "expires": adapt(expires),
-        "overlap": project.overlap,
-        "side": secrets.choice((Side.A, Side.B)),  # the side shown on the left, if new
-    }
+    params = _lease_params(annotator) | {"project": project.pk, "overlap": project.overlap}
     if connection.vendor == "postgresql":
         # One statement: the function leases, the joins load what was leased.
-        return _leased(f"{_LEASE_NEXT_CALL} n", params, annotator, expires)
+        return _leased(f"{_LEASE_NEXT_CALL} n", params, annotator)
     with transaction.atomic(), rows.cursor() as cursor:
         leased = _lease_steps(cursor, params)
         if leased is None:
             return None
         source = "(SELECT %(comparison)s AS leased_id, %(leased_side)s AS leased_side) n"
         return _leased(
-            source, {"comparison": leased[0], "leased_side": leased[1]}, annotator, expires
+            source, params | {"comparison": leased[0], "leased_side": leased[1]}, annotator
         )
+
+
+def _lease_params(annotator: AbstractBaseUser) -> dict:
+    now = timezone.now()
+    adapt = connection.ops.adapt_datetimefield_value  # SQLite stores its own text format
+    return {
+        "user": annotator.pk,
+        "now": adapt(now),
+        "expires": adapt(now + LEASE_DURATION),
+        "expires_at": now + LEASE_DURATION,
+        "side": secrets.choice((Side.A, Side.B)),  # the side shown on the left, if new
+        # Alone in its transaction, a lease commits without waiting for the disk (see 0004).
+        "async_commit": not connection.in_atomic_block,
+    }
+
+
+def lease_next_in_project(
+    *, slug: str, annotator: AbstractBaseUser
+) -> tuple[Comparison, Lease, str] | None:
+    """lease_next_comparison for the project with this slug (Http404 when there is none).
+
+    On PostgreSQL the project, the access check and the lease are one statement: the API leases
+    by slug on every call, and each round trip cost more CPU than the lease itself.
+    """
+    if connection.vendor != "postgresql":
+        return lease_next_comparison(project=selectors.project_by_slug(slug), annotator=annotator)
+    params = _lease_params(annotator) | {"slug": slug, "privileged": is_curator(annotator)}
+    source = f"""
+        {_PROJECT} p CROSS JOIN LATERAL patchwise_lease_next(
+            p.id, %(user)s::integer, %(now)s::timestamptz, %(expires)s::timestamptz, p.overlap,
+            %(side)s::varchar, %(async_commit)s::boolean) n
+    """
+    where = f"""
+        p.slug = %(slug)s AND (NOT p.restricted OR %(privileged)s::boolean OR EXISTS (
+            SELECT 1 FROM {_MEMBERS} m WHERE m.project_id = p.id AND m.user_id = %(user)s))
+    """  # noqa: S608 (table names from the models, values as parameters)
+    leased = _leased(source, params, annotator, where=where)
+    if leased is None:
+        # Nothing leased: say why when it is not an empty queue (404, 403).
+        project = selectors.project_by_slug(slug)
+        require_project_access(project=project, user=annotator)
+    return leased
 
 
 def _judge_steps(
     cursor, params: dict, annotator: AbstractBaseUser
 ) -> tuple[str, int | None, str | None, str | None]:
     """patchwise_judge as separate statements: (outcome, judgment id, shown_left, choice)."""
-    lock = "FOR UPDATE" if connection.features.has_select_for_update else ""
+    lock = "FOR UPDATE OF c" if connection.features.has_select_for_update else ""
     cursor.execute(
-        f"SELECT judgment_count, label FROM {_COMPARISON} WHERE id = %(comparison)s {lock}",
+        f"SELECT c.judgment_count, c.label, p.id, p.overlap, p.restricted FROM {_COMPARISON} c "
+        f"JOIN {_PROJECT} p ON p.id = c.project_id WHERE c.id = %(comparison)s {lock}",
         params,
     )
     if (row := cursor.fetchone()) is None:
         return "missing", None, None, None
-    judgment_count, label = row
+    judgment_count, label, project_id, overlap, restricted = row
+    if restricted and not params["privileged"]:
+        cursor.execute(_MEMBER_SQL, {**params, "project": project_id})
+        if cursor.fetchone() is None:
+            return "forbidden", None, None, None
     cursor.execute(
         f"SELECT id, shown_left FROM {_JUDGMENT} "
         "WHERE comparison_id = %(comparison)s AND annotator_id = %(user)s",
@@ -571,14 +618,14 @@ def _judge_steps(
     lease = cursor.fetchone()  # (live, shown_left) or None
     if lease is None or not lease[0]:
         cursor.execute(_HOLDERS_SQL, params)
-        if judgment_count + cursor.fetchone()[1] >= params["overlap"]:
+        if judgment_count + cursor.fetchone()[1] >= overlap:
             return "taken", None, None, None
     # The database has the last word: the count never passes the overlap.
     cursor.execute(
         f"UPDATE {_COMPARISON} SET judgment_count = judgment_count + 1, "
         "needs_judgments = (judgment_count + 1 < %(overlap)s) "
         "WHERE id = %(comparison)s AND judgment_count < %(overlap)s",
-        params,
+        {**params, "overlap": overlap},
     )
     if cursor.rowcount != 1:
         return "full", None, None, None
@@ -627,7 +674,7 @@ def _judge(
 
 def judgment_submit(
     *,
-    comparison: Comparison,
+    comparison: Comparison | int,
     annotator: AbstractBaseUser,
     choice: str,
     edited: str = "",
@@ -638,6 +685,8 @@ def judgment_submit(
 ) -> tuple[Judgment, bool]:
     """Record the annotator's judgment; returns (judgment, created).
 
+    `comparison` is the instance or its id (the API's path: the database checks that it exists
+    and that the annotator may work on its project, in the same statement that judges it).
     `choice` names the comparison's response_a/response_b; with `as_shown` it names them as this
     annotator was shown them (their lease's side, or for a repeat their judgment's), as the API
     does. A repeat of the same judgment returns the first one with created=False. A different
@@ -660,14 +709,14 @@ def judgment_submit(
         errors["duration_ms"] = "duration_ms must be a non-negative number of milliseconds"
     if errors:
         raise ValidationError(errors)
-    project = comparison.project
-    require_project_access(project=project, user=annotator)
+    comparison_id = comparison if isinstance(comparison, int) else comparison.pk
     now = timezone.now()
     params = {
-        "comparison": comparison.pk,
+        "comparison": comparison_id,
         "user": annotator.pk,
+        # Restricted projects are checked in the same statement; curators may judge in all.
+        "privileged": is_curator(annotator),
         "now": connection.ops.adapt_datetimefield_value(now),
-        "overlap": project.overlap,
         "choice": choice,
         "as_shown": as_shown,
         "shown_left": shown_left or "",
@@ -680,13 +729,24 @@ def judgment_submit(
     # Without a corrected answer the judgment is one statement (on PostgreSQL), atomic alone.
     with transaction.atomic() if edited else nullcontext():
         if edited:
+            case = (
+                Case.objects.filter(comparisons=comparison_id).first()
+                if isinstance(comparison, int)
+                else comparison.case
+            )
+            if case is None:
+                raise Comparison.DoesNotExist(f"comparison {comparison_id} does not exist")
             corrected = response_create(
-                case=comparison.case, text=edited, origin=Origin.HUMAN, created_by=annotator
+                case=case, text=edited, origin=Origin.HUMAN, created_by=annotator
             )
             params["corrected"] = corrected.pk
         outcome, judgment_id, judged_left, judged_choice = _judge(params, annotator)
         if outcome != "created" and edited:
             transaction.set_rollback(True)  # the corrected answer goes with the judgment
+    if outcome == "missing":
+        raise Comparison.DoesNotExist(f"comparison {comparison_id} does not exist")
+    if outcome == "forbidden":
+        raise PermissionDenied("This comparison's project is restricted to its members.")
     if outcome == "exists":
         existing = Judgment.objects.get(pk=judgment_id)
         wanted = flip_for(choice, existing.shown_left) if as_shown else choice
@@ -694,22 +754,19 @@ def judgment_submit(
             return existing, False
         was = flip_for(existing.choice, existing.shown_left) if as_shown else existing.choice
         raise JudgmentConflict(
-            f"You already judged comparison {comparison.pk} as {was!r}; undo it first to change it."
+            f"You already judged comparison {comparison_id} as {was!r}; undo it first to change it."
         )
     if outcome != "created":
         raise ComparisonTaken(
             {
-                "missing": f"Comparison {comparison.pk} does not exist any more.",
-                "labelled": f"Comparison {comparison.pk} was imported already labelled.",
-                "taken": f"Comparison {comparison.pk} is with other annotators; take the next one.",
-                "full": f"Comparison {comparison.pk} has all its judgments.",
+                "labelled": f"Comparison {comparison_id} was imported already labelled.",
+                "taken": f"Comparison {comparison_id} is with other annotators; take the next one.",
+                "full": f"Comparison {comparison_id} has all its judgments.",
             }[outcome]
         )
-    comparison.judgment_count += 1
-    comparison.needs_judgments = comparison.judgment_count < project.overlap
     judgment = Judgment(
         pk=judgment_id,
-        comparison=comparison,
+        comparison_id=comparison_id,
         annotator=annotator,
         choice=judged_choice,
         edited=edited,
@@ -719,6 +776,10 @@ def judgment_submit(
         duration_ms=duration_ms,
         created_at=now,
     )
+    if not isinstance(comparison, int):
+        judgment.comparison = comparison
+        comparison.judgment_count += 1
+        comparison.needs_judgments = comparison.judgment_count < comparison.project.overlap
     # The row just written, as a queryset would load it.
     judgment._state.adding, judgment._state.db = False, connection.alias
     return judgment, True

@@ -23,21 +23,23 @@ def cursor():
     suite's query counts see these statements as they see the ORM's. Other databases get their
     ordinary cursor.
     """
-    if connection.vendor != "postgresql":
-        return connection.cursor()
+    db = connections[DEFAULT_DB_ALIAS]  # once: each use of the `connection` proxy costs a lookup
+    if db.vendor != "postgresql":
+        return db.cursor()
     from django.db.backends.postgresql.base import TIMESTAMPTZ_OID, ServerBindingCursor
     from django.db.backends.postgresql.psycopg_any import register_tzloader
     from psycopg.pq import Format
 
-    connection.ensure_connection()
-    with connection.wrap_database_errors:
-        raw = ServerBindingCursor(connection.connection)
+    # What db.cursor() does, with the server-binding cursor class.
+    db.close_if_health_check_failed()
+    db.ensure_connection()
+    with db.wrap_database_errors:
+        raw = ServerBindingCursor(db.connection)
         # As the backend's create_cursor does: datetimes in the connection's current time zone.
-        loader = connection.connection.adapters.get_loader(TIMESTAMPTZ_OID, Format.TEXT)
-        if connection.timezone != loader.timezone:
-            register_tzloader(connection.timezone, raw)
-        # What connection.cursor() does after creating one: thread check and Django's wrapper.
-        return connection._prepare_cursor(raw)
+        loader = db.connection.adapters.get_loader(TIMESTAMPTZ_OID, Format.TEXT)
+        if db.timezone != loader.timezone:
+            register_tzloader(db.timezone, raw)
+        return db._prepare_cursor(raw)  # thread check, then Django's wrapper
 
 
 def columns(model, alias: str) -> str:

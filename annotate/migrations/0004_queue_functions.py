@@ -17,7 +17,7 @@ from django.db import migrations
 LEASE_NEXT = """
 CREATE OR REPLACE FUNCTION patchwise_lease_next(
     p_project bigint, p_user integer, p_now timestamptz, p_expires timestamptz,
-    p_overlap integer, p_side varchar
+    p_overlap integer, p_side varchar, p_async_commit boolean
 ) RETURNS TABLE (leased_id bigint, leased_side varchar)
 LANGUAGE plpgsql VOLATILE ROWS 1 AS $$
 DECLARE
@@ -26,6 +26,12 @@ DECLARE
     v_taken bigint;
     v_tried bigint[] := '{}';
 BEGIN
+    -- A lease is a hold that expires by itself: when this call is its own transaction, its
+    -- commit need not wait for the disk (a crash loses at most the leases of the last moment,
+    -- never a judgment; it cannot corrupt anything).
+    IF p_async_commit THEN
+        PERFORM set_config('synchronous_commit', 'off', true);
+    END IF;
     -- One lease per annotator and project: asking again (a reload) renews and returns it.
     SELECT l.comparison_id, l.shown_left INTO v_comparison, v_side
     FROM annotate_lease l JOIN annotate_comparison c ON c.id = l.comparison_id
@@ -78,7 +84,7 @@ $$;
 
 JUDGE = """
 CREATE OR REPLACE FUNCTION patchwise_judge(
-    p_comparison bigint, p_user integer, p_now timestamptz, p_overlap integer,
+    p_comparison bigint, p_user integer, p_privileged boolean, p_now timestamptz,
     p_choice varchar, p_as_shown boolean, p_shown_left varchar, p_edited text,
     p_corrected bigint, p_rationale text, p_duration integer
 ) RETURNS TABLE (outcome varchar, judgment_id bigint, judged_left varchar, judged_choice varchar)
@@ -86,6 +92,9 @@ LANGUAGE plpgsql VOLATILE ROWS 1 AS $$
 DECLARE
     v_count integer;
     v_label varchar;
+    v_project bigint;
+    v_overlap integer;
+    v_restricted boolean;
     v_id bigint;
     v_left varchar;
     v_live boolean;
@@ -93,10 +102,20 @@ DECLARE
     v_taken bigint;
     v_choice varchar;
 BEGIN
-    SELECT c.judgment_count, c.label INTO v_count, v_label
-    FROM annotate_comparison c WHERE c.id = p_comparison FOR UPDATE;
+    SELECT c.judgment_count, c.label, p.id, p.overlap, p.restricted
+    INTO v_count, v_label, v_project, v_overlap, v_restricted
+    FROM annotate_comparison c JOIN annotate_project p ON p.id = c.project_id
+    WHERE c.id = p_comparison FOR UPDATE OF c;
     IF NOT FOUND THEN
         RETURN QUERY SELECT 'missing'::varchar, NULL::bigint, NULL::varchar, NULL::varchar;
+        RETURN;
+    END IF;
+    -- Restricted projects are for their members and curators (p_privileged).
+    IF v_restricted AND NOT p_privileged AND NOT EXISTS (
+        SELECT 1 FROM annotate_project_members m
+        WHERE m.project_id = v_project AND m.user_id = p_user
+    ) THEN
+        RETURN QUERY SELECT 'forbidden'::varchar, NULL::bigint, NULL::varchar, NULL::varchar;
         RETURN;
     END IF;
     SELECT j.id, j.shown_left INTO v_id, v_left
@@ -115,15 +134,15 @@ BEGIN
         SELECT count(*) INTO v_taken FROM annotate_lease l
         WHERE l.comparison_id = p_comparison AND l.expires_at > p_now
           AND l.annotator_id <> p_user;
-        IF v_count + v_taken >= p_overlap THEN
+        IF v_count + v_taken >= v_overlap THEN
             RETURN QUERY SELECT 'taken'::varchar, NULL::bigint, NULL::varchar, NULL::varchar;
             RETURN;
         END IF;
     END IF;
     -- The database has the last word: the count never passes the overlap.
     UPDATE annotate_comparison c
-    SET judgment_count = c.judgment_count + 1, needs_judgments = (c.judgment_count + 1 < p_overlap)
-    WHERE c.id = p_comparison AND c.judgment_count < p_overlap;
+    SET judgment_count = c.judgment_count + 1, needs_judgments = (c.judgment_count + 1 < v_overlap)
+    WHERE c.id = p_comparison AND c.judgment_count < v_overlap;
     IF NOT FOUND THEN
         RETURN QUERY SELECT 'full'::varchar, NULL::bigint, NULL::varchar, NULL::varchar;
         RETURN;
@@ -155,9 +174,9 @@ $$;
 
 DROP = """
 DROP FUNCTION IF EXISTS patchwise_lease_next(
-    bigint, integer, timestamptz, timestamptz, integer, varchar);
+    bigint, integer, timestamptz, timestamptz, integer, varchar, boolean);
 DROP FUNCTION IF EXISTS patchwise_judge(
-    bigint, integer, timestamptz, integer, varchar, boolean, varchar, text, bigint, text, integer);
+    bigint, integer, boolean, timestamptz, varchar, boolean, varchar, text, bigint, text, integer);
 """
 
 

@@ -161,11 +161,25 @@ def test_judgment_errors(project, annotator, make_user, api):
     assert Comparison.objects.get(pk=first.pk).judgment_count == 0
 
 
-def test_a_restricted_project_answers_403_to_non_members(annotator, api):
-    project_create(name="Secret", slug="secret", restricted=True)
+def test_a_restricted_project_answers_403_to_non_members(annotator, curator, make_user, api):
+    secret = project_create(name="Secret", slug="secret", restricted=True)
+    first, second = make_pairs(secret, 2)
     response = api(annotator.user)("get", "/projects/secret/comparisons/next")
     assert response.status_code == 403
     assert response.json() == {"detail": "Project 'secret' is restricted to its members."}
+    judged = api(annotator.user)("post", f"/comparisons/{first.pk}/judgment", {"choice": "a"})
+    assert judged.status_code == 403
+    assert not Lease.objects.exists() and not Judgment.objects.exists()
+    # Members and curators may: the check is per project, not per role alone.
+    member = make_user("member")
+    secret.members.add(member)
+    for user, comparison in ((member, first), (curator.user, second)):
+        call = api(user)
+        assert call("get", "/projects/secret/comparisons/next").json()["id"] == comparison.pk
+        judged = call("post", f"/comparisons/{comparison.pk}/judgment", {"choice": "a"})
+        assert judged.status_code == 201
+    assert Judgment.objects.count() == 2
+    assert api(member)("get", "/projects/nope/comparisons/next").status_code == 404
 
 
 def test_blind_comparisons_do_not_reveal_origins(project, annotator, api):
