@@ -1,6 +1,8 @@
 import secrets
+import time
 from datetime import timedelta
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser, Group
 from django.core.exceptions import ValidationError
@@ -50,10 +52,50 @@ def token_create(*, user: AbstractBaseUser, name: str = "") -> str:
     return raw
 
 
+# Token checks this process made lately: token hash -> (valid until, the row). A script calling
+# the API many times a second costs one statement per call less (about a fifth of a labelling
+# call's CPU, bench/queue_bench.py); the price is that a change made by another process (a
+# revoked token, a deactivated user, a new role) reaches this one within
+# PATCHWISE_TOKEN_CHECK_SECONDS. Changes made in this process forget the checks at once.
+_recent_checks: dict[str, tuple[float, tuple]] = {}
+_RECENT_CHECKS_MAX = 10_000  # a bound on memory, whatever tokens are presented
+
+
+def forget_token_checks(**_signal_kwargs) -> None:
+    """Drop this process's remembered token checks (connected to token, user and role saves)."""
+    _recent_checks.clear()
+
+
 def token_authenticate(*, raw_token: str) -> AbstractBaseUser | None:
     """The active user whose unrevoked token this is, or None."""
     # Every API request runs this, so it is one plain, prepared statement: compiling the
     # equivalent select_related query through the ORM cost more CPU than running it.
+    token_hash = hash_token(raw_token)
+    recent = _recent_checks.get(token_hash)
+    if recent is not None and recent[0] > time.monotonic():
+        return _token_user(recent[1])
+    row = _token_row(token_hash)
+    if row is None:
+        return None  # never remembered: unknown tokens cannot fill the memory
+    if settings.PATCHWISE_TOKEN_CHECK_SECONDS > 0:
+        if len(_recent_checks) >= _RECENT_CHECKS_MAX:
+            _recent_checks.clear()
+        _recent_checks[token_hash] = (
+            time.monotonic() + settings.PATCHWISE_TOKEN_CHECK_SECONDS,
+            row,
+        )
+    return _token_user(row)
+
+
+def _token_user(row: tuple) -> AbstractBaseUser:
+    """A fresh user instance per request (nothing mutable is shared between requests)."""
+    user = rows.instance(get_user_model(), row[2:])
+    remember_role(user, curator=bool(row[1]))  # role checks of this request ask no query
+    return user
+
+
+def _token_row(token_hash: str) -> tuple | None:
+    """(token id, is curator, the user's columns...) of a valid token; marks it used."""
     User = get_user_model()
     now = timezone.now()
     adapt = connection.ops.adapt_datetimefield_value  # SQLite stores its own text format
@@ -68,19 +110,46 @@ def token_authenticate(*, raw_token: str) -> AbstractBaseUser | None:
         JOIN {User._meta.db_table} u ON u.{User._meta.pk.column} = t.user_id
         WHERE t.token_hash = %s AND t.revoked_at IS NULL AND u.is_active
     """  # noqa: S608 (table and column names from the models, values as parameters)
-    params = [adapt(now - timedelta(seconds=60)), CURATOR, hash_token(raw_token)]
+    params = [adapt(now - timedelta(seconds=60)), CURATOR, token_hash]
     with rows.cursor() as cursor:
         cursor.execute(sql, params)
         row = cursor.fetchone()
     if row is None:
         return None
-    token_id, stale, curator = row[0], row[1], row[2]
+    token_id, stale = row[0], row[1]
     # Recording use at most once a minute keeps the hot API path free of a write per request.
     if stale:
         ApiToken.objects.filter(pk=token_id).update(last_used_at=now)
-    user = rows.instance(User, row[3:])
-    remember_role(user, curator=bool(curator))  # role checks of this request ask no query
-    return user
+    return (token_id, *row[2:])
+
+
+def token_revoke(*, token_or_prefix: str, username: str | None = None) -> ApiToken:
+    """Revoke one token, named by the whole token or by its 8-character prefix (as the admin
+    lists it), optionally of `username`. Every web worker refuses it within
+    PATCHWISE_TOKEN_CHECK_SECONDS; this process at once."""
+    tokens = ApiToken.objects.filter(revoked_at__isnull=True).select_related("user")
+    if len(token_or_prefix) > 8:
+        tokens = tokens.filter(token_hash=hash_token(token_or_prefix))
+    else:
+        tokens = tokens.filter(prefix=token_or_prefix)
+    if username is not None:
+        tokens = tokens.filter(user__username=username)
+    found = list(tokens[:2])
+    if not found:
+        raise ValidationError({"token": f"no unrevoked token matches {token_or_prefix[:8]!r}"})
+    if len(found) > 1:
+        raise ValidationError(
+            {"token": f"several tokens start with {token_or_prefix!r}: give the whole token or "
+             "the user"}
+        )  # fmt: skip
+    token = found[0]
+    token.revoked_at = timezone.now()
+    token.save(update_fields=["revoked_at"])
+    audit_record(
+        actor=None, action="token.revoke", target=token, new_value={"prefix": token.prefix}
+    )
+    forget_token_checks()
+    return token
 
 
 def audit_record(

@@ -99,6 +99,9 @@ DATABASES = {
 # Parallel test runs (several developers, CI) each name their own test database.
 if os.environ.get("TEST_DATABASE_NAME"):
     DATABASES["default"]["TEST"] = {"NAME": os.environ["TEST_DATABASE_NAME"]}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # Django's backend with a health check that costs no round trip (config/postgresql/base.py).
+    DATABASES["default"]["ENGINE"] = "config.postgresql"
 if DATABASES["default"]["ENGINE"].endswith("postgresql"):
     # The hot paths' statements (config/rows.py) are prepared on their fifth run per connection,
     # so PostgreSQL stops planning them per request. A pooler in transaction mode older than
@@ -151,6 +154,9 @@ FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 
 # The annotation queue: how long a leased pair stays reserved for the annotator who has it.
 PATCHWISE_LEASE_SECONDS = int(os.environ.get("PATCHWISE_LEASE_SECONDS", "600"))
+# A web worker remembers a bearer token's check this long (0: never): a revoked token, a
+# deactivated user or a changed role takes effect in every worker within this time.
+PATCHWISE_TOKEN_CHECK_SECONDS = float(os.environ.get("PATCHWISE_TOKEN_CHECK_SECONDS", "1"))
 # GPU jobs: a running job's worker writes a heartbeat this often; a job whose heartbeat is older
 # than the stale limit is failed by the periodic reaper (its worker died).
 PATCHWISE_JOB_HEARTBEAT_SECONDS = float(os.environ.get("PATCHWISE_JOB_HEARTBEAT_SECONDS", "10"))

@@ -6,7 +6,7 @@ import sys
 from io import StringIO
 
 import pytest
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
 from django.test import override_settings
@@ -52,6 +52,37 @@ def test_create_token_prints_a_token_that_authenticates(client, annotator):
     assert not ApiToken.objects.filter(token_hash=token).exists()  # stored hashed
 
 
+def test_revoke_token_refuses_the_token_at_once(client, annotator):
+    token = call_command_output("create_token", annotator.username)
+    me = {"path": "/api/v1/me", "headers": {"Authorization": f"Bearer {token}"}}
+    assert client.get(**me).status_code == 200  # and its check is remembered for a second
+    out = call_command_output("revoke_token", token[:8])
+    assert out == f"revoked {token[:8]}… of {annotator.username}"
+    assert client.get(**me).status_code == 401
+    with pytest.raises(CommandError, match="no unrevoked token matches"):
+        call_command("revoke_token", token)
+
+
+def test_a_token_revoked_by_another_process_is_refused_within_the_check_time(
+    client, annotator, settings
+):
+    """Each web worker remembers a token check for PATCHWISE_TOKEN_CHECK_SECONDS."""
+    import time
+
+    from accounts.models import ApiToken
+
+    settings.PATCHWISE_TOKEN_CHECK_SECONDS = 0.5
+    token = call_command_output("create_token", annotator.username)
+    me = {"path": "/api/v1/me", "headers": {"Authorization": f"Bearer {token}"}}
+    assert client.get(**me).status_code == 200
+    revoked_at = time.monotonic()
+    # As another process would: a plain UPDATE, no signal reaches this one.
+    ApiToken.objects.filter(prefix=token[:8]).update(revoked_at="2026-01-01T00:00:00Z")
+    assert client.get(**me).status_code == 200 or time.monotonic() - revoked_at > 0.5
+    time.sleep(0.6)
+    assert client.get(**me).status_code == 401
+
+
 def test_create_user_prints_a_generated_password(client):
     out = StringIO()
     call_command("create_user", "bob", "--role", "curator", stdout=out)
@@ -80,6 +111,56 @@ def test_pages_carry_a_strict_content_security_policy(curator_client):
     assert 'src="http' not in html and "src='http" not in html  # htmx is served by us
     assert "htmx" in html
     assert "X-CSRFToken" in html  # htmx requests carry the CSRF token as a header
+
+
+def test_json_answers_carry_no_content_security_policy_but_the_api_docs_do(client, annotator):
+    """A CSP governs documents; JSON is never rendered as one, and building it costs CPU."""
+    token = call_command_output("create_token", annotator.username)
+    answer = client.get("/api/v1/me", headers={"Authorization": f"Bearer {token}"})
+    assert answer["Content-Type"] == "application/json; charset=utf-8"
+    assert "Content-Security-Policy" not in answer
+    assert answer["X-Content-Type-Options"] == "nosniff"  # so it is never taken for HTML
+    docs = client.get("/api/v1/docs")
+    assert docs.status_code == 200 and "Content-Security-Policy" in docs
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_health_check_costs_no_round_trip_and_still_sees_a_dropped_connection():
+    """Django checks a persistent connection before each request; ours (config/postgresql)
+    asks the server only when its socket says something happened."""
+    import time
+
+    import psycopg
+
+    def last_statement_of(pid: int) -> str:
+        with psycopg.connect(**admin_params, autocommit=True) as admin:
+            row = admin.execute("SELECT query FROM pg_stat_activity WHERE pid = %s", [pid])
+            return (row.fetchone() or [""])[0]
+
+    db = connection.settings_dict
+    admin_params = {"dbname": db["NAME"], "user": db["USER"], "host": db["HOST"]}
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 'marker'")
+    pid = connection.connection.info.backend_pid
+    assert connection.is_usable()
+    assert last_statement_of(pid) == "SELECT 'marker'"  # no SELECT 1 was sent
+
+    with psycopg.connect(**admin_params, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", [pid])
+        for _ in range(50):  # the server ends a backend asynchronously
+            if admin.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", [pid]).fetchone():
+                time.sleep(0.1)
+    assert not connection.is_usable()
+    connection.close_if_unusable_or_obsolete()  # at each request's start: check again
+    with connection.cursor() as cursor:  # the check runs here and reconnects
+        cursor.execute("SELECT pg_backend_pid()")
+        assert cursor.fetchone()[0] != pid
+
+
+def call_command_output(*args) -> str:
+    out = StringIO()
+    call_command(*args, stdout=out)
+    return out.getvalue().strip()
 
 
 def test_healthz_reports_database_and_broker(client):
