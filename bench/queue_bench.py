@@ -6,12 +6,14 @@ concurrent API clients leasing and judging.
 
 It drops and recreates the database named by --database-url (default: patchwise_bench on the
 local PostgreSQL), migrates it, fills it, starts gunicorn on 127.0.0.1 with --workers sync
-workers, and runs --clients processes, each an annotator with its own token and keep-alive
-connection, looping GET /comparisons/next -> POST /comparisons/{id}/judgment for --seconds.
-It prints p50/p99 of both calls, judgments per second, and checks against the database that every
-201 is one row, none lost and none doubled, and that no comparison has more judgments than the
-overlap. The fixture rows are written with bulk_create (through the services, 100,000 cases take
-a quarter of an hour); every request of the run goes through the real API and services.
+workers (--threads > 1: gthread), and runs --clients processes, each an annotator with its own
+token, looping GET /comparisons/next -> POST /comparisons/{id}/judgment for --seconds over plain
+sockets (a connection per request: sync workers close it after each answer). It prints p50/p99
+of both calls, judgments per second, the CPU spent per judgment by gunicorn, PostgreSQL and the
+clients, and checks against the database that every 201 is one row, none lost and none
+doubled, and that no comparison has more judgments than the overlap. The fixture rows are
+written with bulk_create (through the services, 100,000 cases take a quarter of an hour); every
+request of the run goes through the real API and services.
 """
 
 import argparse
