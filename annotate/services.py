@@ -5,7 +5,8 @@ SELECT ... FOR UPDATE SKIP LOCKED (PostgreSQL; SQLite serialises writers and is 
 re-counts the live leases in a fresh statement while holding that lock, and only then writes the
 lease. `judgment_submit` takes the same row lock, and its filtered UPDATE of `judgment_count`
 refuses to pass the project's overlap; the unique constraint on (comparison, annotator) makes a
-second judgment by one annotator impossible.
+second judgment by one annotator impossible. On PostgreSQL both run inside the database, one
+call each (see "the queue" below).
 """
 
 import secrets
