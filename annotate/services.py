@@ -438,10 +438,12 @@ _UPSERT_SQL = f"""
     ON CONFLICT (comparison_id, annotator_id)
     DO UPDATE SET expires_at = EXCLUDED.expires_at, shown_left = EXCLUDED.shown_left
 """
+# The function as a relation n(leased_id, leased_side); {project} and {overlap} are the SQL
+# that gives them (parameters, or the columns of a project row joined before it).
 _LEASE_NEXT_CALL = """
-    patchwise_lease_next(%(project)s::bigint, %(user)s::integer, %(now)s::timestamptz,
-                         %(expires)s::timestamptz, %(overlap)s::integer, %(side)s::varchar,
-                         %(async_commit)s::boolean)
+    patchwise_lease_next({project}, %(user)s::integer, %(now)s::timestamptz,
+                         %(expires)s::timestamptz, {overlap}, %(side)s::varchar,
+                         %(async_commit)s::boolean) n
 """
 _JUDGE_CALL = """
     SELECT outcome, judgment_id, judged_left, judged_choice FROM patchwise_judge(
@@ -532,7 +534,10 @@ def lease_next_comparison(
     params = _lease_params(annotator) | {"project": project.pk, "overlap": project.overlap}
     if connection.vendor == "postgresql":
         # One statement: the function leases, the joins load what was leased.
-        return _leased(f"{_LEASE_NEXT_CALL} n", params, annotator)
+        call = _LEASE_NEXT_CALL.format(
+            project="%(project)s::bigint", overlap="%(overlap)s::integer"
+        )
+        return _leased(call, params, annotator)
     with transaction.atomic(), rows.cursor() as cursor:
         leased = _lease_steps(cursor, params)
         if leased is None:
@@ -568,11 +573,8 @@ def lease_next_in_project(
     if connection.vendor != "postgresql":
         return lease_next_comparison(project=selectors.project_by_slug(slug), annotator=annotator)
     params = _lease_params(annotator) | {"slug": slug, "privileged": is_curator(annotator)}
-    source = f"""
-        {_PROJECT} p CROSS JOIN LATERAL patchwise_lease_next(
-            p.id, %(user)s::integer, %(now)s::timestamptz, %(expires)s::timestamptz, p.overlap,
-            %(side)s::varchar, %(async_commit)s::boolean) n
-    """
+    call = _LEASE_NEXT_CALL.format(project="p.id", overlap="p.overlap")
+    source = f"{_PROJECT} p CROSS JOIN LATERAL {call}"
     where = f"""
         p.slug = %(slug)s AND (NOT p.restricted OR %(privileged)s::boolean OR EXISTS (
             SELECT 1 FROM {_MEMBERS} m WHERE m.project_id = p.id AND m.user_id = %(user)s))
@@ -730,11 +732,7 @@ def judgment_submit(
     # Without a corrected answer the judgment is one statement (on PostgreSQL), atomic alone.
     with transaction.atomic() if edited else nullcontext():
         if edited:
-            case = (
-                Case.objects.filter(comparisons=comparison_id).first()
-                if isinstance(comparison, int)
-                else comparison.case
-            )
+            case = Case.objects.filter(comparisons=comparison_id).first()
             if case is None:
                 raise Comparison.DoesNotExist(f"comparison {comparison_id} does not exist")
             corrected = response_create(

@@ -63,6 +63,7 @@ def time_hf_generate(base, prompts, *, n, max_new_tokens, batch_size) -> tuple[f
     import torch
 
     from training.engine.data import encode_prompt
+    from training.engine.logprobs import pad_batch
 
     tokenizer, model = base.tokenizer, base.model
     per_call = max(1, batch_size // n)
@@ -70,16 +71,12 @@ def time_hf_generate(base, prompts, *, n, max_new_tokens, batch_size) -> tuple[f
     started, answers = time.perf_counter(), []
     for start in range(0, len(prompts), per_call):
         rows = [encode_prompt(tokenizer, p) for p in prompts[start : start + per_call]]
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), tokenizer.pad_token_id)
-        mask = torch.zeros_like(ids)
-        for i, row in enumerate(rows):
-            ids[i, width - len(row) :] = torch.tensor(row)
-            mask[i, width - len(row) :] = 1
+        ids, mask = pad_batch(rows, tokenizer.pad_token_id, left=True, device=base.device)
+        width = ids.shape[1]
         with torch.inference_mode():
             out = model.generate(
-                input_ids=ids.to(base.device),
-                attention_mask=mask.to(base.device),
+                input_ids=ids,
+                attention_mask=mask,
                 do_sample=True,
                 temperature=0.8,
                 top_p=0.95,

@@ -15,31 +15,10 @@ _LAYOUTS: dict = {}
 
 
 def cursor():
-    """A cursor for hot-path statements: on PostgreSQL, parameters are bound on the server.
-
-    psycopg then prepares a statement the fifth time a connection runs it (its
-    prepare_threshold), so PostgreSQL stops parsing and planning it on every request. It is
-    still Django's cursor wrapper: transactions, error translation, query logging and the test
-    suite's query counts see these statements as they see the ORM's. Other databases get their
-    ordinary cursor.
-    """
+    """A cursor for hot-path statements: prepared on PostgreSQL (config/postgresql), the
+    ordinary cursor elsewhere."""
     db = connections[DEFAULT_DB_ALIAS]  # once: each use of the `connection` proxy costs a lookup
-    if db.vendor != "postgresql":
-        return db.cursor()
-    from django.db.backends.postgresql.base import TIMESTAMPTZ_OID, ServerBindingCursor
-    from django.db.backends.postgresql.psycopg_any import register_tzloader
-    from psycopg.pq import Format
-
-    # What db.cursor() does, with the server-binding cursor class.
-    db.close_if_health_check_failed()
-    db.ensure_connection()
-    with db.wrap_database_errors:
-        raw = ServerBindingCursor(db.connection)
-        # As the backend's create_cursor does: datetimes in the connection's current time zone.
-        loader = db.connection.adapters.get_loader(TIMESTAMPTZ_OID, Format.TEXT)
-        if db.timezone != loader.timezone:
-            register_tzloader(db.timezone, raw)
-        return db._prepare_cursor(raw)  # thread check, then Django's wrapper
+    return getattr(db, "prepared_cursor", db.cursor)()
 
 
 def columns(model, alias: str) -> str:

@@ -41,6 +41,7 @@ import torch
 
 from training.engine.errors import EngineError
 from training.engine.evaluate import generate_greedy
+from training.engine.logprobs import pad_batch
 
 SCENARIO_DIR = "scenario"
 DEMO_VERSION = 2  # bump when the scenario or the model changes; scenario/build.json records it
@@ -377,21 +378,11 @@ def _encode(tokenizer, qa_list: list[QA]) -> tuple[torch.Tensor, torch.Tensor, t
         for qa in qa_list
     ]
     rows = [p + c for p, c in zip(prompts, completions, strict=True)]
-    ids, attention = _pad_right(tokenizer, rows)
+    ids, attention = pad_batch(rows, tokenizer.pad_token_id, left=False)
     answer = torch.zeros_like(attention, dtype=torch.bool)
     for i, (prompt_ids, completion_ids) in enumerate(zip(prompts, completions, strict=True)):
         answer[i, len(prompt_ids) : len(prompt_ids) + len(completion_ids)] = True
     return ids, attention, answer
-
-
-def _pad_right(tokenizer, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(row) for row in rows)
-    ids = torch.full((len(rows), width), tokenizer.pad_token_id)
-    attention = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)] = torch.tensor(row)
-        attention[i, : len(row)] = 1
-    return ids, attention
 
 
 @torch.no_grad()
@@ -414,8 +405,10 @@ def train_demo_model(
     """Train from scratch on the corpus until every FAQ answer is exact; returns the steps."""
     generator = torch.Generator().manual_seed(seed)
     ids, attention, answer_mask = _encode(tokenizer, faq)
-    text_ids, text_attention = _pad_right(
-        tokenizer, [tokenizer(line).input_ids + [tokenizer.eos_token_id] for line in POLICY_TEXT]
+    text_ids, text_attention = pad_batch(
+        [tokenizer(line).input_ids + [tokenizer.eos_token_id] for line in POLICY_TEXT],
+        tokenizer.pad_token_id,
+        left=False,
     )
     # Every token of a FAQ line is trained (the model reads the questions too); answers count
     # double, since answering exactly is what the demo needs.

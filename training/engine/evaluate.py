@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from training.engine.data import EvalItem, Prompt, encode_prompt
+from training.engine.logprobs import pad_batch
 from training.engine.modeling import LoadedBase
 
 
@@ -30,16 +31,14 @@ def generate_greedy_ids(
     for start in range(0, len(prompts), batch_size):
         batch = prompts[start : start + batch_size]
         encoded = [encode_prompt(tokenizer, prompt) for prompt in batch]
-        width = max(len(ids) for ids in encoded)
-        input_ids = torch.full((len(encoded), width), tokenizer.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros_like(input_ids)
-        for row, ids in enumerate(encoded):
-            input_ids[row, width - len(ids) :] = torch.tensor(ids)
-            attention_mask[row, width - len(ids) :] = 1
+        input_ids, attention_mask = pad_batch(
+            encoded, tokenizer.pad_token_id, left=True, device=device
+        )
+        width = input_ids.shape[1]
         with torch.inference_mode():
             output = model.generate(
-                input_ids=input_ids.to(device),
-                attention_mask=attention_mask.to(device),
+                input_ids=input_ids,
+                attention_mask=attention_mask,
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
                 pad_token_id=tokenizer.pad_token_id,

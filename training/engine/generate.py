@@ -35,6 +35,7 @@ import torch
 
 from training.engine.data import Prompt, _check_prompt, encode_prompt, read_jsonl
 from training.engine.errors import Cancelled, EngineError
+from training.engine.logprobs import pad_batch
 from training.engine.modeling import LoadedBase
 
 SAMPLING_ADAPTER = "candidates"  # PEFT name of an adapter loaded only for sampling
@@ -157,13 +158,7 @@ def sample_answer_ids(
     """One sampled answer per row (token ids, eos excluded): one batched forward per token,
     left padding and a KV cache, each row drawing from its own seeded generator."""
     device = next(model.parameters()).device
-    width = max(len(row) for row in prompt_rows)
-    input_ids = torch.full((len(prompt_rows), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros_like(input_ids)
-    for i, row in enumerate(prompt_rows):
-        input_ids[i, width - len(row) :] = torch.tensor(row)
-        attention_mask[i, width - len(row) :] = 1
-    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+    input_ids, attention_mask = pad_batch(prompt_rows, pad_id, left=True, device=device)
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     generators = [torch.Generator().manual_seed(row_seed) for row_seed in seeds]
     eos = torch.tensor(sorted(eos_ids), device=device)

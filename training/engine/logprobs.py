@@ -44,7 +44,11 @@ class PairLogps:
     rejected_tokens: Tensor  # (B,)
 
 
-def _pad(rows: list[list[int]], pad_id: int, *, left: bool, device: torch.device):
+def pad_batch(
+    rows: list[list[int]], pad_id: int, *, left: bool, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows as one (ids, attention mask) batch, padded on the left (for generation) or
+    the right, on `device`."""
     width = max(len(row) for row in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -73,7 +77,7 @@ def completion_logps_concat(
     """Summed log-probs of each completion after its prompt, one full sequence per row."""
     device = next(model.parameters()).device
     sequences = [p + c for p, c in zip(prompts, completions, strict=True)]
-    input_ids, attention_mask = _pad(sequences, pad_id, left=False, device=device)
+    input_ids, attention_mask = pad_batch(sequences, pad_id, left=False, device=device)
     logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
     logps = _token_logps(logits[:, :-1], input_ids[:, 1:])
     # target position t (predicting token t+1) belongs to the answer when t+1 >= len(prompt)
@@ -98,7 +102,9 @@ def pair_logps_shared(
 ) -> PairLogps:
     """Prompt once, answers as two continuations of its (differentiable) KV cache."""
     device = next(model.parameters()).device
-    prompt_ids, prompt_mask = _pad([p.prompt_ids for p in pairs], pad_id, left=True, device=device)
+    prompt_ids, prompt_mask = pad_batch(
+        [p.prompt_ids for p in pairs], pad_id, left=True, device=device
+    )
     prompt_positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
     prompt_out = model(
         input_ids=prompt_ids,
@@ -115,7 +121,7 @@ def pair_logps_shared(
     first_logits = prompt_out.logits[:, -1:].repeat_interleave(2, dim=0)
 
     completions = [c for p in pairs for c in (p.chosen_ids, p.rejected_ids)]
-    answer_ids, answer_mask = _pad(completions, pad_id, left=False, device=device)
+    answer_ids, answer_mask = pad_batch(completions, pad_id, left=False, device=device)
     prompt_lengths = torch.tensor([len(p.prompt_ids) for p in pairs], device=device)
     answer_positions = prompt_lengths.repeat_interleave(2)[:, None] + torch.arange(
         answer_ids.shape[1], device=device
