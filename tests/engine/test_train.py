@@ -174,6 +174,19 @@ def test_stacked_patch_uses_base_plus_deployed_adapter_as_reference(
     with_deployed.base_model.set_adapter(["default", "patch"])
     policy_chosen, _ = _logps(with_deployed, base.tokenizer, PAIRS)
     assert [row["policy_logp_chosen"] for row in rows] == pytest.approx(policy_chosen, abs=1e-4)
+
+    # combined/: both as one LoRA, for servers that apply one adapter per request
+    stacked = result.report["stacked_on_adapter"]
+    assert stacked["combined"] == "combined" and stacked["combined_refused"] is None
+    combined_config = json.loads(
+        (tmp_path / "out" / "combined" / "adapter_config.json").read_text()
+    )
+    assert combined_config["r"] == 4 + config.lora_r
+    with_combined = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir), tmp_path / "out" / "combined"
+    ).eval()
+    combined_chosen, _ = _logps(with_combined, base.tokenizer, PAIRS)
+    assert combined_chosen == pytest.approx(policy_chosen, abs=1e-4)
     after = _snapshot(base.model)
     assert all(torch.equal(after[name], before[name]) for name in before)
 

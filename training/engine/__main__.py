@@ -105,6 +105,12 @@ def _run_train(args: argparse.Namespace) -> int:
         else:
             print(f"{kind}: {counts['fixed']}/{counts['with_expected']} fixed")
     print(f"wrote {', '.join(str(path) for path in result.files)}")
+    stacked = report["stacked_on_adapter"]
+    if stacked and stacked["combined"]:
+        print(f"combined with {stacked['path']} as one LoRA of rank {stacked['combined_rank']}: "
+              f"{args.out / stacked['combined']} (serve it in place of that adapter)")  # fmt: skip
+    elif stacked:
+        print(f"not combined with {stacked['path']}: {stacked['combined_refused']}")
     return 0
 
 

@@ -32,7 +32,18 @@ DEFAULT_TARGET_MODULES = (
 # vLLM serves LoRA on the decoder's linear layers; embeddings and the LM head need extra
 # vocabulary support, and anything saved whole (modules_to_save) is not loaded at all.
 VLLM_UNSUPPORTED_TARGETS = ("lm_head", "embed_tokens", "wte", "wpe", "norm", "ln_f")
-VLLM_MAX_LORA_RANK = 512  # the largest --max-lora-rank vLLM accepts
+# The values vLLM's --max-lora-rank takes (its default is 16); an adapter of rank r needs the
+# smallest of them that is >= r.
+VLLM_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+VLLM_MAX_LORA_RANK = VLLM_MAX_LORA_RANKS[-1]
+# Where train writes the patch combined with the deployed adapter, as one LoRA (a subfolder of
+# its output folder).
+COMBINED = "combined"
+
+
+def vllm_max_lora_rank(rank: int) -> int:
+    """The --max-lora-rank value that lets vLLM load an adapter of this rank."""
+    return next(value for value in VLLM_MAX_LORA_RANKS if value >= rank)
 
 
 @dataclass

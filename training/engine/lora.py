@@ -5,21 +5,29 @@ deployed adapter, that one is loaded as ``deployed``, frozen, and stays active u
 the reference is then base + deployed, reached by deactivating only ``default``. Detaching
 removes every LoRA layer without merging, leaving the base model as it was, so a worker can
 keep it for the next job.
+
+A patch trained on a deployed adapter is also written combined with it, as one LoRA
+(``combined/``): servers such as vLLM apply one LoRA per request, so that one replaces the
+deployed adapter where it is served.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
-from training.engine.config import TrainConfig, check_vllm_servable
+from training.engine.config import COMBINED, TrainConfig, check_vllm_servable
 from training.engine.errors import EngineError
 from training.engine.modeling import LoadedBase
 
@@ -114,11 +122,21 @@ class Patch:
         finally:
             self._activate_patch()
 
-    def save(self, folder: Path) -> None:
-        """Write the patch alone as PEFT files, after checking vLLM can serve them."""
+    def save(self, folder: Path) -> dict[str, Any] | None:
+        """Write the patch alone as PEFT files, after checking vLLM can serve them; on a
+        deployed adapter, also both as one LoRA in ``folder/combined``. Returns, on a deployed
+        adapter, that folder's name and rank, or why it could not be written."""
         self.model.save_pretrained(str(folder), selected_adapters=[PATCH])
         (folder / "README.md").unlink(missing_ok=True)  # the app writes the real model card
         check_saved_adapter(folder)
+        if self.deployed_path is None:
+            return None
+        try:
+            rank = combine_adapters([self.deployed_path, folder], folder / COMBINED)
+        except EngineError as error:
+            shutil.rmtree(folder / COMBINED, ignore_errors=True)
+            return {"combined": None, "combined_rank": None, "combined_refused": str(error)}
+        return {"combined": COMBINED, "combined_rank": rank, "combined_refused": None}
 
     def detach(self) -> None:
         """Remove all LoRA layers without merging; the base model is as it was before."""
@@ -144,3 +162,104 @@ def check_saved_adapter(folder: Path) -> None:
                     f"the adapter would save '{name}', which vLLM does not load; "
                     "train LoRA weights only"
                 )
+
+
+def combine_adapters(folders: list[Path], out: Path) -> int:
+    """Write the LoRA adapters in ``folders`` as one adapter whose update is exactly their sum;
+    returns its rank.
+
+    Each layer's updates s_i * B_i @ A_i add up to [B_1 ... B_n] @ [s_1 A_1; ...; s_n A_n]: a
+    LoRA of rank r_1 + ... + r_n with scaling 1 (lora_alpha = r). A layer one adapter leaves
+    alone gets zeros in that adapter's block, so every layer has the same rank, as vLLM needs.
+    Refuses (EngineError) adapters that are more than LoRA matrices: DoRA, biases, whole
+    modules saved, per-layer rank or alpha patterns.
+    """
+    configs, weights = [], []
+    for folder in folders:
+        check_adapter_folder(folder)
+        config = json.loads((folder / "adapter_config.json").read_text())
+        _require_plain_lora(config, folder)
+        configs.append(config)
+        weights.append(load_file(str(folder / "adapter_model.safetensors")))
+    ranks = [int(config["r"]) for config in configs]
+    layers: dict[str, list[int | None]] = {}  # layer -> [out features, in features]
+    for folder, tensors, rank in zip(folders, weights, ranks, strict=True):
+        for name, tensor in tensors.items():
+            layer, kind = _lora_key(name, folder)
+            # A is (rank, in features), B is (out features, rank)
+            rank_dim, feature_dim, slot = (0, 1, 1) if kind == "lora_A" else (1, 0, 0)
+            features = layers.setdefault(layer, [None, None])
+            if tensor.dim() != 2 or tensor.shape[rank_dim] != rank:
+                raise EngineError(f"adapter {folder}: {name} does not have the rank r={rank}")
+            if features[slot] not in (None, tensor.shape[feature_dim]):
+                raise EngineError(f"the adapters disagree on the shape of {layer}")
+            features[slot] = tensor.shape[feature_dim]
+    scales = [
+        float(config.get("lora_alpha", config["r"]))
+        / (math.sqrt(config["r"]) if config.get("use_rslora") else config["r"])
+        for config in configs
+    ]
+    combined: dict[str, torch.Tensor] = {}
+    for layer, (out_features, in_features) in sorted(layers.items()):
+        if out_features is None or in_features is None:
+            raise EngineError(f"{layer} has a LoRA A matrix without its B, or a B without its A")
+        blocks_a, blocks_b = [], []
+        for tensors, rank, scale in zip(weights, ranks, scales, strict=True):
+            a = tensors.get(f"{layer}.lora_A.weight")
+            b = tensors.get(f"{layer}.lora_B.weight")
+            if a is None or b is None:  # this adapter leaves the layer alone
+                a = torch.zeros(rank, in_features)
+                b = torch.zeros(out_features, rank)
+            blocks_a.append(a.float() * scale)
+            blocks_b.append(b.float())
+        dtype = next(iter(weights[-1].values())).dtype  # the patch's
+        combined[f"{layer}.lora_A.weight"] = torch.cat(blocks_a, dim=0).to(dtype).contiguous()
+        combined[f"{layer}.lora_B.weight"] = torch.cat(blocks_b, dim=1).to(dtype).contiguous()
+    rank = sum(ranks)
+    config = {
+        **configs[-1],
+        "r": rank,
+        "lora_alpha": rank,
+        "use_rslora": False,
+        "target_modules": sorted({layer.rsplit(".", 1)[-1] for layer in layers}),
+        "rank_pattern": {},
+        "alpha_pattern": {},
+        "layers_to_transform": None,
+        "layers_pattern": None,
+        "init_lora_weights": True,  # a layer absent from the file stays unchanged
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(combined, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
+    (out / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+    check_saved_adapter(out)
+    return rank
+
+
+def _require_plain_lora(config: dict, folder: Path) -> None:
+    unsupported = {
+        "peft_type": config.get("peft_type", "LORA") != "LORA",
+        "use_dora": bool(config.get("use_dora")),
+        "bias": config.get("bias", "none") != "none",
+        "modules_to_save": bool(config.get("modules_to_save")),
+        "rank_pattern": bool(config.get("rank_pattern")),
+        "alpha_pattern": bool(config.get("alpha_pattern")),
+        "target_parameters": bool(config.get("target_parameters")),
+    }
+    found = [key for key, bad in unsupported.items() if bad]
+    if found:
+        raise EngineError(
+            f"adapter {folder} sets {', '.join(found)}: only plain LoRA adapters "
+            "(A and B matrices, one rank and alpha) can be combined into one"
+        )
+
+
+def _lora_key(name: str, folder: Path) -> tuple[str, str]:
+    """'...q_proj.lora_A.weight' -> ('...q_proj', 'lora_A'); anything else is refused."""
+    for kind in ("lora_A", "lora_B"):
+        suffix = f".{kind}.weight"
+        if name.endswith(suffix):
+            return name[: -len(suffix)], kind
+    raise EngineError(
+        f"adapter {folder} holds '{name}', which is not a LoRA A or B matrix; "
+        "it cannot be combined with another adapter"
+    )

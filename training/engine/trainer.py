@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from training.engine.config import TrainConfig, validate_config
+from training.engine.config import COMBINED, TrainConfig, validate_config
 from training.engine.data import (
     EncodedPair,
     EvalItem,
@@ -465,9 +465,14 @@ def _save(
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     try:
-        patch.save(staging)
+        combined = patch.save(staging)
+        if combined is not None:
+            report["stacked_on_adapter"].update(combined)
         (staging / "metrics.json").write_text(json.dumps(metrics, indent=1))
         (staging / "report.json").write_text(json.dumps(report, indent=1, ensure_ascii=False))
+        shutil.rmtree(out_dir / COMBINED, ignore_errors=True)  # never one from an earlier run
+        if (staging / COMBINED).is_dir():
+            os.replace(staging / COMBINED, out_dir / COMBINED)
         for name in OUTPUT_FILES:  # report.json last: its presence means the rest is complete
             os.replace(staging / name, out_dir / name)
     finally:
