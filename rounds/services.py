@@ -92,18 +92,25 @@ def sampling_settings(**given: Any) -> SamplingSettings:
 def job_adapter_path(job: Any) -> str:
     """The adapter folder a succeeded training job keeps on disk (for serving and sampling)."""
     from training.artifacts import job_dir
+    from training.engine.config import COMBINED
     from training.models import JobStatus
 
     if job.status != JobStatus.SUCCEEDED:
         raise GenerationRefused(
             f"job {job.pk} has {job.status}, so it has no adapter; pick a job that succeeded"
         )
-    if job.adapter:
-        raise GenerationRefused(
-            f"job {job.pk}'s patch was trained on top of adapter {job.adapter}; sampling from a "
-            "stack of adapters is not supported yet: pick a job trained on the base model alone"
-        )
     folder = job_dir(job.pk) / "adapter"
+    if job.adapter:
+        # the patch alone would drop the deployed adapter's changes: sample from both, as the
+        # one LoRA the engine combined them into
+        folder = folder / COMBINED
+        stacked = (job.report or {}).get("stacked_on_adapter") or {}
+        if not stacked.get("combined"):
+            why = stacked.get("combined_refused") or "the job predates combined adapters"
+            raise GenerationRefused(
+                f"job {job.pk}'s patch was trained on top of adapter {job.adapter} and could not "
+                f"be combined with it into one adapter to sample from ({why}); pick another job"
+            )
     if not (folder / "adapter_config.json").is_file():
         raise GenerationRefused(
             f"the adapter of job {job.pk} is missing from the artifact store ({folder})"

@@ -17,6 +17,8 @@ from typing import Any
 
 from django.conf import settings
 
+from training.engine.config import COMBINED, vllm_max_lora_rank
+
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 REPORT_FILES = ("report.json", "metrics.json")
 TOKENIZER_FILES = (
@@ -71,10 +73,11 @@ def write_adapter_zip(
     card = model_card(job=job, report=report)
     files = [adapter_dir / name for name in ADAPTER_FILES + REPORT_FILES]
     files += changed_tokenizer_files(adapter_dir, Path(job.base_model))
+    files += [adapter_dir / COMBINED / name for name in ADAPTER_FILES]  # on a deployed adapter
     with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for file in files:
             if file.is_file():
-                archive.write(file, arcname=file.name)
+                archive.write(file, arcname=file.relative_to(adapter_dir).as_posix())
         archive.writestr("README.md", card)
     with partial.open("rb") as handle:
         os.fsync(handle.fileno())
@@ -177,29 +180,45 @@ def model_card(*, job: Any, report: dict[str, Any] | None) -> str:
             f"| {row['kind']} | {_cell(row['prompt'])} | {_cell(row['before'])} | "
             f"{_cell(row['after'])} | {fixed} |"
         )
-    rank = config.get("lora_r", 16)
-    rank_flag = f" --max-lora-rank {rank}" if rank > 16 else ""
+    stacked = report.get("stacked_on_adapter") or {}
+    if stacked.get("combined"):
+        # the patch alone would drop the deployed adapter's changes: serve both as one LoRA
+        folder, rank = f"{name}/{stacked['combined']}", stacked["combined_rank"]
+        lines += [
+            "",
+            "## Serve it",
+            "",
+            f"This patch was trained on top of the adapter `{job.adapter}` (frozen) and "
+            "evaluated with both applied. `combined/` holds both as one LoRA (rank "
+            f"{rank}, exactly their sum): serve it in place of `{job.adapter}`. The files at "
+            "the top are the patch alone, for stacking it on that adapter yourself.",
+        ]
+    else:
+        folder, rank = name, config.get("lora_r", 16)
+        lines += ["", "## Serve it"]
+        if job.adapter:
+            refused = stacked.get("combined_refused") or "this job predates combined adapters"
+            lines += [
+                "",
+                f"This patch was trained on top of the adapter `{job.adapter}` (frozen) and "
+                "evaluated with both applied; they could not be combined into one LoRA "
+                f"({refused}). vLLM applies one LoRA per request, so merge that adapter into "
+                "the base first (peft `merge_and_unload`) and serve this patch on the merged "
+                "model.",
+            ]
+    max_rank = vllm_max_lora_rank(rank)
+    rank_flag = f" --max-lora-rank {max_rank}" if max_rank > 16 else ""
     lines += [
-        "",
-        "## Serve it",
         "",
         "With vLLM (unzip first; the base model must be the one named above):",
         "",
         "```sh",
-        f"vllm serve {job.base_model} --enable-lora --lora-modules {name}=./{name}{rank_flag}",
+        f"vllm serve {job.base_model} --enable-lora --lora-modules {name}=./{folder}{rank_flag}",
         "```",
         "",
         f'then ask for `"model": "{name}"` in the OpenAI-compatible API.',
         "",
     ]
-    if job.adapter:
-        lines += [
-            f"This patch was trained on top of the adapter `{job.adapter}` (frozen): it was "
-            "evaluated with both applied. vLLM applies one LoRA per request, so merge that "
-            "adapter into the base first (peft `merge_and_unload`) and serve this patch on the "
-            "merged model.",
-            "",
-        ]
     lines += [
         "With transformers and peft:",
         "",
@@ -209,7 +228,7 @@ def model_card(*, job: Any, report: dict[str, Any] | None) -> str:
         "",
         f'base = AutoModelForCausalLM.from_pretrained("{job.base_model}")',
         f'tokenizer = AutoTokenizer.from_pretrained("{job.base_model}")',
-        f'model = PeftModel.from_pretrained(base, "./{name}")',
+        f'model = PeftModel.from_pretrained(base, "./{folder}")',
         "```",
         "",
         "`report.json` holds every eval answer and the per-pair log-probs; `metrics.json` the "

@@ -342,3 +342,26 @@ def test_next_round_refuses_a_job_that_is_not_ready(client, curator, base_model)
         response = client.post(f"/rounds/project/{project.slug}/next/", {"job": job}, follow=True)
         assert b"Pick a succeeded job" in response.content
     assert not Round.objects.exists()
+
+
+def test_a_job_stacked_on_a_deployed_adapter_samples_from_both_combined(
+    curator, base_model, artifact_root
+):
+    from training.artifacts import job_dir
+    from training.models import TrainingJob
+
+    project = make_flagged_project(flagged=1, heldout=0)
+    stacked = {"path": "/adapters/deployed", "combined": "combined", "combined_rank": 24}
+    job = TrainingJob.objects.create(
+        project=project, status="succeeded", base_model=str(base_model), data_sha256="0" * 64,
+        adapter="/adapters/deployed", report={"stacked_on_adapter": stacked},
+    )  # fmt: skip
+    combined = job_dir(job.pk) / "adapter" / "combined"
+    combined.mkdir(parents=True)
+    (combined / "adapter_config.json").write_text('{"r": 24}')
+    assert services.job_adapter_path(job) == str(combined)
+
+    job.report = {"stacked_on_adapter": {**stacked, "combined": None,
+                                         "combined_refused": "adapter sets use_dora"}}  # fmt: skip
+    with pytest.raises(services.GenerationRefused, match=r"into one adapter.*use_dora"):
+        services.job_adapter_path(job)

@@ -173,6 +173,47 @@ def test_download_is_a_zip_with_adapter_and_model_card(curator_client, finished_
     assert "| flagged | Return Ridge hiking boots? | 7 days. | 7 days. | no |" in card
 
 
+def test_a_patch_on_a_deployed_adapter_ships_both_as_one_lora(
+    curator_client, project, curator, model_folder, tmp_path, artifact_root
+):
+    deployed = tmp_path / "deployed"
+    deployed.mkdir()
+    (deployed / "adapter_config.json").write_text('{"r": 8}')
+    job = services.job_enqueue(
+        project=project, actor=curator.user, config={"epochs": 3, "adapter": str(deployed)}
+    )
+    out = tmp_path / "out"
+    for folder in (out, out / "combined"):  # as the engine writes them
+        folder.mkdir(parents=True)
+        (folder / "adapter_config.json").write_text('{"r": 24}')
+        (folder / "adapter_model.safetensors").write_bytes(b"weights")
+    stacked = {"path": str(deployed), "identity": "0123", "combined": "combined",
+               "combined_rank": 24, "combined_refused": None}  # fmt: skip
+    report = {**REPORT, "stacked_on_adapter": stacked}
+    services.job_claim(job_id=job.pk, worker_name="gpu0@test")
+    path, sha256 = artifacts.write_adapter_zip(job=job, adapter_dir=out, report=report)
+    services.job_succeed(job_id=job.pk, report=report, metrics_series=[], latest_metrics={},
+                         artifact_path=path, artifact_sha256=sha256)  # fmt: skip
+    page = curator_client.get(reverse("training:job_detail", args=[job.pk])).content.decode()
+    assert "holds it and this patch as one LoRA (rank 24)" in page
+
+    archive = zipfile.ZipFile(artifact_root / path)
+    assert {"adapter_model.safetensors", "combined/adapter_config.json",
+            "combined/adapter_model.safetensors"} <= set(archive.namelist())  # fmt: skip
+    card = archive.read("README.md").decode()
+    name = f"shop-job{job.pk}"
+    # vLLM takes only 1, 8, 16, 32, ... as --max-lora-rank: rank 24 needs 32
+    assert f"--lora-modules {name}=./{name}/combined --max-lora-rank 32" in card
+    assert f'PeftModel.from_pretrained(base, "./{name}/combined")' in card
+    assert f"serve it in place of `{deployed}`" in card
+
+    refused = {**stacked, "combined": None, "combined_rank": None,
+               "combined_refused": "adapter sets use_dora"}  # fmt: skip
+    card = artifacts.model_card(job=job, report={**REPORT, "stacked_on_adapter": refused})
+    assert "could not be combined into one LoRA (adapter sets use_dora)" in card
+    assert "merge_and_unload" in card and f"--lora-modules {name}=./{name}\n" in card
+
+
 def test_a_tampered_adapter_is_refused_not_downloaded(curator_client, finished_job, artifact_root):
     path = artifact_root / finished_job.artifact_path
     path.write_bytes(path.read_bytes() + b"tampered")
