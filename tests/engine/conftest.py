@@ -26,10 +26,8 @@ CHAT_TEMPLATE = (
 )
 
 
-def build_tiny_model(
-    out_dir: Path, *, chat_template: bool = False, hidden: int = 32, layers: int = 2, seed: int = 0
-) -> Path:
-    """A random-init Llama with a byte-level BPE tokenizer trained on a few sentences."""
+def build_tiny_tokenizer(*, chat_template: bool = False) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained on a few sentences, with a BOS on every prompt."""
     tokenizer = Tokenizer(models.BPE(unk_token=None))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -53,6 +51,14 @@ def build_tiny_model(
     )
     if chat_template:
         fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def build_tiny_model(
+    out_dir: Path, *, chat_template: bool = False, hidden: int = 32, layers: int = 2, seed: int = 0
+) -> Path:
+    """A random-init Llama with the tiny tokenizer."""
+    fast = build_tiny_tokenizer(chat_template=chat_template)
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=len(fast),

@@ -78,6 +78,7 @@ def test_empty_pairs_file(tmp_path: Path, tiny_model_dir: Path) -> None:
         (["--lora-r", "1024"], "LoRA rank 1024 cannot be served by vLLM"),
         (["--loss", "robust", "--label-smoothing", "0.5"], "'label_smoothing' must lie in"),
         (["--epochs", "0"], "'epochs' must be at least 1"),
+        (["--target-modules", "c_attn"], "none of target_modules ['c_attn'] is a linear layer"),
     ],
 )
 def test_config_that_cannot_train_or_be_served(
@@ -107,3 +108,29 @@ def test_train_writes_the_patch_and_says_what_it_did(tmp_path: Path, tiny_model_
     assert config["r"] == 8
     report = json.loads((out / "report.json").read_text())
     assert report["config"]["seed"] == 3 and report["training"]["steps"] == 2
+
+
+def test_a_patch_on_a_deployed_adapter_is_also_written_combined_with_it(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    pairs = write(tmp_path / "pairs.jsonl", json.dumps(GOOD_PAIR) + "\n")
+    deployed = tmp_path / "deployed"
+    first = run_cli(
+        "train", "--model", str(tiny_model_dir), "--pairs", str(pairs), "--out", str(deployed),
+        "--epochs", "1", "--lora-r", "4", "--target-modules", "q_proj,v_proj",
+        tmp_path=tmp_path,
+    )  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    assert json.loads((deployed / "adapter_config.json").read_text())["target_modules"] == [
+        "q_proj",
+        "v_proj",
+    ]
+    out = tmp_path / "patch"
+    result = run_cli(
+        "train", "--model", str(tiny_model_dir), "--pairs", str(pairs), "--out", str(out),
+        "--adapter", str(deployed), "--epochs", "1", "--lora-r", "8",
+        tmp_path=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert f"combined with {deployed} as one LoRA of rank 12: {out / 'combined'}" in result.stdout
+    assert json.loads((out / "combined" / "adapter_config.json").read_text())["r"] == 12

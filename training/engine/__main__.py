@@ -46,6 +46,13 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=defaults.epochs)
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--lora-r", type=int, default=defaults.lora_r)
+    parser.add_argument(
+        "--target-modules",
+        type=lambda value: tuple(name.strip() for name in value.split(",") if name.strip()),
+        default=defaults.target_modules,
+        help="comma-separated layer names for LoRA (default: every linear layer of the "
+        "decoder blocks, as this architecture names them)",
+    )
     parser.add_argument("--seed", type=int, default=defaults.seed)
 
 
@@ -66,6 +73,7 @@ def _run_train(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         batch_size=args.batch_size,
         lora_r=args.lora_r,
+        target_modules=args.target_modules,
         seed=args.seed,
     )
     validate_config(config)  # before loading anything: a bad config fails in a second

@@ -27,7 +27,12 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from training.engine.config import COMBINED, TrainConfig, check_vllm_servable
+from training.engine.config import (
+    COMBINED,
+    DEFAULT_TARGET_MODULES,
+    TrainConfig,
+    check_vllm_servable,
+)
 from training.engine.errors import EngineError
 from training.engine.modeling import LoadedBase
 
@@ -51,17 +56,54 @@ def check_adapter_folder(path: Path) -> None:
             raise EngineError(f"adapter folder {path} has no {name}; is it a PEFT LoRA adapter?")
 
 
-def lora_config(config: TrainConfig) -> LoraConfig:
+def lora_config(config: TrainConfig, targets: list[str]) -> LoraConfig:
     return LoraConfig(
         r=config.lora_r,
         lora_alpha=config.lora_alpha or 2 * config.lora_r,
         lora_dropout=config.lora_dropout,
-        target_modules=list(config.target_modules),
+        target_modules=targets,
         bias="none",
         use_dora=False,
         modules_to_save=None,
         task_type="CAUSAL_LM",
     )
+
+
+# MoE routers pick the experts: a LoRA there changes the routing, and vLLM does not serve it.
+ROUTERS = ("gate", "router", "shared_expert_gate")
+
+
+def lora_targets(base: LoadedBase, wanted: tuple[str, ...]) -> list[str]:
+    """The layer names the patch goes on in this model.
+
+    With the default targets: every linear layer of the repeated decoder blocks, whatever this
+    architecture calls them (q_proj ... down_proj in Llama, Qwen and Mistral, qkv_proj and
+    gate_up_proj in Phi-3, c_attn in GPT-2, query_key_value in GPT-NeoX), except MoE routers;
+    the output head and the embeddings are outside the blocks. Targets named in the config
+    are taken as they are, as long as one of them exists.
+    """
+    linear = set()
+    for name, module in base.model.named_modules():
+        parts = name.split(".")
+        in_block = any(part.isdigit() for part in parts[:-1])
+        if in_block and parts[-1] not in ROUTERS and _is_linear(module):
+            linear.add(parts[-1])
+    if tuple(wanted) == DEFAULT_TARGET_MODULES:
+        if not linear:
+            raise EngineError(f"{base.path} has no linear layers in repeated blocks for LoRA")
+        return sorted(linear)
+    present = [target for target in wanted if target in linear]
+    if not present:
+        raise EngineError(
+            f"config: none of target_modules {list(wanted)} is a linear layer of {base.path}; "
+            f"its layers are named {', '.join(sorted(linear)) or 'nothing LoRA can patch'}"
+        )
+    return present
+
+
+def _is_linear(module: torch.nn.Module) -> bool:
+    # GPT-2 style models use transformers' Conv1D, a linear layer with its weight transposed
+    return isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D"
 
 
 class Patch:
@@ -71,16 +113,10 @@ class Patch:
         self.base = base
         self.deployed_path = Path(config.adapter).expanduser() if config.adapter else None
         self._had_peft_config = hasattr(base.model, "peft_config")
-        present = {name.split(".")[-1] for name, _ in base.model.named_modules()}
-        missing = [target for target in config.target_modules if target not in present]
-        if len(missing) == len(config.target_modules):
-            raise EngineError(
-                f"config: none of target_modules {list(config.target_modules)} exists in "
-                f"{base.path}; name this architecture's linear layers"
-            )
+        self.targets = lora_targets(base, config.target_modules)
         if self.deployed_path is None:
             self.model: PeftModel = get_peft_model(
-                base.model, lora_config(config), adapter_name=PATCH
+                base.model, lora_config(config, self.targets), adapter_name=PATCH
             )
         else:
             check_adapter_folder(self.deployed_path)
@@ -93,7 +129,7 @@ class Patch:
                 raise EngineError(
                     f"cannot load adapter {self.deployed_path} on {base.path}: {error}"
                 ) from None
-            self.model.add_adapter(PATCH, lora_config(config))
+            self.model.add_adapter(PATCH, lora_config(config, self.targets))
         self._activate_patch()
 
     @property

@@ -269,7 +269,7 @@ def _train_patch(
             if patch.deployed_path
             else None
         ),
-        "config": config.to_dict(),
+        "config": config.to_dict() | {"target_modules": patch.targets},
         "data": {
             "pairs": len(pairs),
             "truncated_pairs": sum(pair.truncated for pair in pairs),
