@@ -121,10 +121,8 @@ def test_a_patch_on_a_deployed_adapter_is_also_written_combined_with_it(
         tmp_path=tmp_path,
     )  # fmt: skip
     assert first.returncode == 0, first.stderr
-    assert json.loads((deployed / "adapter_config.json").read_text())["target_modules"] == [
-        "q_proj",
-        "v_proj",
-    ]
+    targets = json.loads((deployed / "adapter_config.json").read_text())["target_modules"]
+    assert sorted(targets) == ["q_proj", "v_proj"]
     out = tmp_path / "patch"
     result = run_cli(
         "train", "--model", str(tiny_model_dir), "--pairs", str(pairs), "--out", str(out),
