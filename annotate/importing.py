@@ -15,6 +15,7 @@ comma-separated. Every bad line is collected, so a user fixes the whole file in 
 import csv
 import io
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,6 +89,7 @@ def clean_prompt(value: Any) -> str | list[dict[str, str]]:
             raise InvalidValue(f"{where}: a system message may only come first")
         if not isinstance(content, str) or not content.strip():
             raise InvalidValue(f"{where}: content must be a non-empty string")
+        _check_storable(where, content)
         messages.append({"role": role, "content": content})
     if messages[-1]["role"] != "user":
         raise InvalidValue("prompt: the last message must be from the user (the answer follows it)")
@@ -124,16 +126,20 @@ def clean_tags(value: Any) -> list[str]:
     for tag in value:
         if len(tag) > MAX_TAG_CHARS:
             raise InvalidValue(f"tag {tag[:20]!r}… is longer than {MAX_TAG_CHARS} characters")
+        _check_storable("a tag", tag)
     return list(value)
 
 
 def clean_short(name: str, value: Any) -> str:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidValue(f"{name} must be a string, not {value}")
     if isinstance(value, int | float) and not isinstance(value, bool):
         value = str(value)
     if not isinstance(value, str):
         raise InvalidValue(f"{name} must be a string")
     if len(value) > MAX_SHORT_CHARS:
         raise InvalidValue(f"{name} is longer than {MAX_SHORT_CHARS} characters")
+    _check_storable(name, value)
     return value
 
 
@@ -142,6 +148,20 @@ def _check_length(name: str, text: str) -> None:
         raise InvalidValue(
             f"{name} has {len(text):,} characters; the limit is {MAX_TEXT_CHARS:,} per field"
         )
+    _check_storable(name, text)
+
+
+def _check_storable(name: str, text: str) -> None:
+    """Refuse what PostgreSQL cannot store in text or jsonb: NUL and unpaired surrogates."""
+    if "\x00" in text:
+        raise InvalidValue(f"{name} contains a NUL character (\\u0000), which cannot be stored")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidValue(
+            f"{name} contains an unpaired UTF-16 surrogate ({text[exc.start]!r} at character "
+            f"{exc.start + 1}), which is not text"
+        ) from None
 
 
 def parse_record(record: Any, line_no: int) -> CaseRow:
@@ -163,9 +183,11 @@ def parse_record(record: Any, line_no: int) -> CaseRow:
     shape = shapes[0]
     problems: list[str] = []
     required = ("response",) if shape == "case" else SHAPES[shape]
-    if "prompt" not in record:
-        problems.append("prompt is missing")
-    problems += [f"{name} is missing" for name in required if name not in record]
+    problems += [
+        f"{name} is missing" if name not in record else f"{name} is null"
+        for name in ("prompt", *required)
+        if record.get(name) is None
+    ]
     texts: dict[str, str] = {}
     row = CaseRow(line_no=line_no, shape=shape, prompt="", texts=texts)
     checks = [("prompt", lambda v: setattr(row, "prompt", clean_prompt(v)))]
@@ -193,23 +215,44 @@ def parse_record(record: Any, line_no: int) -> CaseRow:
 
 
 def _records_jsonl(text: str):
-    for line_no, line in enumerate(text.splitlines(), start=1):
+    # Lines end at \n (and \r\n) only: str.splitlines would also split inside strings that
+    # hold U+2028, U+0085 and the like, which JSON writers emit raw (ensure_ascii=False).
+    for line_no, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
-            yield line_no, json.loads(line)
+            yield line_no, json.loads(line, parse_constant=_not_json)
         except json.JSONDecodeError as exc:
             yield line_no, InvalidValue(f"not valid JSON ({exc.msg} at column {exc.colno})")
+        except ValueError as exc:  # NaN/Infinity, a number with thousands of digits
+            yield line_no, InvalidValue(f"not valid JSON ({str(exc).split(';')[0]})")
+        except RecursionError:
+            yield line_no, InvalidValue("not valid JSON (nested too deeply)")
+
+
+def _not_json(constant: str):
+    raise ValueError(f"{constant} is not a JSON value")
 
 
 def _csv_cell(name: str, cell: str) -> Any:
-    if name in ("prompt", *TEXT_FIELDS) and cell.lstrip().startswith("[{"):
+    if name == "prompt" and cell.lstrip().startswith("[{"):
         try:
             return json.loads(cell)
-        except json.JSONDecodeError as exc:
+        except (ValueError, RecursionError) as exc:
             raise InvalidValue(
-                f"{name} looks like a JSON list of messages but is not: {exc.msg}"
+                f"{name} looks like a JSON list of messages but is not: {exc}"
             ) from None
+    if name in TEXT_FIELDS and cell.lstrip().startswith("[{"):
+        # TRL's conversational answer ([{"role": "assistant", ...}]), else the text as it is:
+        # an answer may well be a JSON array
+        try:
+            value = json.loads(cell)
+        except (ValueError, RecursionError):
+            return cell
+        is_messages = isinstance(value, list) and all(
+            isinstance(item, dict) and {"role", "content"} <= set(item) for item in value
+        )
+        return value if is_messages else cell
     if name == "tags" and cell.lstrip().startswith("["):
         try:
             return json.loads(cell)
@@ -224,6 +267,13 @@ def _records_csv(text: str):
         header = [name.strip() for name in next(reader)]
     except StopIteration:
         return
+    if "" in header:
+        raise ImportRejected(
+            [(1, f"column {header.index('') + 1} has no name: remove the stray comma or name it")]
+        )
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:
+        raise ImportRejected([(1, f"column(s) {', '.join(repeated)} appear more than once")])
     unknown = [name for name in header if name not in ALL_FIELDS]
     if unknown:
         raise ImportRejected(

@@ -19,7 +19,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
+from django.core.validators import slug_re
 from django.db.models import Exists, OuterRef, Prefetch, Q, QuerySet
+from django.http import Http404
 
 from accounts.roles import is_curator
 from annotate.models import (
@@ -166,7 +168,14 @@ def eval_prompts(*, project: Project) -> list[dict[str, Any]]:
     return items
 
 
+def is_slug(text: str) -> bool:
+    """Whether a project could have this slug (letters, digits, - and _)."""
+    return bool(slug_re.match(text))
+
+
 def project_by_slug(slug: str) -> Project:
     """The project, or Http404: get_object_or_404 in one plain statement (every API call)."""
+    if not is_slug(slug):  # not one a project can have (and a NUL would upset PostgreSQL)
+        raise Http404(f"No project with the slug {slug!r}.")
     sql = f"SELECT {rows.columns(Project, 'p')} FROM {Project._meta.db_table} p WHERE p.slug = %s"
     return rows.instance(Project, rows.one_or_404(Project, sql, [slug]))

@@ -570,7 +570,7 @@ def lease_next_in_project(
     On PostgreSQL the project, the access check and the lease are one statement: the API leases
     by slug on every call, and each round trip cost more CPU than the lease itself.
     """
-    if connection.vendor != "postgresql":
+    if connection.vendor != "postgresql" or not selectors.is_slug(slug):
         return lease_next_comparison(project=selectors.project_by_slug(slug), annotator=annotator)
     params = _lease_params(annotator) | {"slug": slug, "privileged": is_curator(annotator)}
     call = _LEASE_NEXT_CALL.format(project="p.id", overlap="p.overlap")
@@ -713,6 +713,8 @@ def judgment_submit(
     if errors:
         raise ValidationError(errors)
     comparison_id = comparison if isinstance(comparison, int) else comparison.pk
+    if not 0 < comparison_id <= rows.MAX_ID:  # PostgreSQL would refuse it: no such comparison
+        raise Comparison.DoesNotExist
     now = timezone.now()
     params = {
         "comparison": comparison_id,

@@ -7,17 +7,27 @@ Each app contributes a router; every endpoint authenticates with `Authorization:
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest
 from ninja import NinjaAPI
-from ninja.security import django_auth
+from ninja.errors import AuthenticationError
 
-from accounts.api_auth import BearerToken
+from accounts.api_auth import BearerToken, BrowserSession
 
 api = NinjaAPI(
     title="Patchwise API",
     version="1",
     urls_namespace="api",
-    auth=[BearerToken(), django_auth],
+    auth=[BearerToken(), BrowserSession()],
     docs_url="/docs",
 )
+
+
+@api.exception_handler(AuthenticationError)
+def unauthorized(request: HttpRequest, exc: AuthenticationError):
+    detail = (
+        "The API token is unknown or revoked, or its user is inactive."
+        if "authorization" in request.headers
+        else "Send 'Authorization: Bearer TOKEN' (python manage.py create_token USERNAME)."
+    )
+    return api.create_response(request, {"detail": detail}, status=401)
 
 
 @api.exception_handler(PermissionDenied)

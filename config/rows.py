@@ -11,6 +11,8 @@ applies, so the instances are the ones a queryset would have built.
 from django.db import DEFAULT_DB_ALIAS, connection, connections
 from django.http import Http404
 
+MAX_ID = 2**63 - 1  # the largest id a bigint column holds; a larger one matches no row
+
 _LAYOUTS: dict = {}
 
 

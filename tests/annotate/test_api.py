@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from django.test import Client
 
 from accounts.models import AuditEvent
 from accounts.services import token_create
@@ -55,8 +56,12 @@ def test_a_curator_flags_a_case_and_it_is_queued(project, curator, api):
 def test_flagging_errors(project, curator, annotator, api, client):
     as_curator = api(curator.user)
     body = {"prompt": "q", "response": "r"}
-    assert client.post("/api/v1/projects/support/cases", body).status_code == 401
-    assert client.post("/api/v1/projects/support/cases", body).json() == {"detail": "Unauthorized"}
+    missing = client.post("/api/v1/projects/support/cases", body)
+    assert missing.status_code == 401 and "Authorization: Bearer TOKEN" in missing.json()["detail"]
+    # a script's POST with a wrong token is told about the token, not about CSRF
+    script = Client(enforce_csrf_checks=True, headers={"Authorization": "Bearer pw_bogus"})
+    bogus = script.post("/api/v1/projects/support/cases", body, content_type="application/json")
+    assert bogus.status_code == 401 and "unknown or revoked" in bogus.json()["detail"]
     forbidden = api(annotator.user)("post", "/projects/support/cases", body)
     assert forbidden.status_code == 403
     assert forbidden.json() == {"detail": "Only curators may do this."}
@@ -159,6 +164,37 @@ def test_judgment_errors(project, annotator, make_user, api):
     taken = call("post", f"/comparisons/{first.pk}/judgment", {"choice": "a"})
     assert taken.status_code == 409 and "other annotators" in taken.json()["detail"]
     assert Comparison.objects.get(pk=first.pk).judgment_count == 0
+
+
+def test_input_postgresql_cannot_take_is_a_4xx_not_a_500(project, curator, annotator, api):
+    (pair,) = make_pairs(project, 1)
+    as_curator, call = api(curator.user), api(annotator.user)
+    for body in (
+        {"prompt": "a\u0000b", "response": "x"},
+        {"prompt": "q", "response": "x", "note": "n\u0000"},
+        {"prompt": [{"role": "user", "content": "a\u0000"}], "response": "x"},
+        {"prompt": "q", "response": "x", "tags": ["t\u0000"]},
+    ):
+        refused = as_curator("post", "/projects/support/cases", body)
+        assert refused.status_code == 422 and "NUL character" in str(refused.json()["detail"])
+    surrogate = as_curator(
+        "post", "/projects/support/cases", {"prompt": "a\ud800", "response": "x"}
+    )
+    assert surrogate.status_code == 422 and "surrogate" in str(surrogate.json()["detail"])
+    assert Case.objects.count() == 1  # only make_pairs' case
+
+    for edit in ({"edited": "x\u0000"}, {"rationale": "why\u0000"}):
+        refused = call("post", f"/comparisons/{pair.pk}/judgment", {"choice": "a", **edit})
+        assert refused.status_code == 422 and "NUL character" in str(refused.json()["detail"])
+    assert not Judgment.objects.exists()
+    for huge in (2**63, 10**20):
+        assert call("post", f"/comparisons/{huge}/judgment", {"choice": "a"}).status_code == 404
+    for path in ("/projects/a%00b/comparisons/next", "/projects/a%00b/pairs.jsonl"):
+        assert as_curator("get", path).status_code == 404
+    assert (
+        as_curator("post", "/projects/a%00b/cases", {"prompt": "q", "response": "x"}).status_code
+        == 404
+    )
 
 
 def test_a_restricted_project_answers_403_to_non_members(annotator, curator, make_user, api):

@@ -185,3 +185,63 @@ def test_a_heldout_case_with_a_better_answer_is_not_queued(project):
     assert not case.flagged
     assert not case.comparisons.exists()
     assert case.responses.count() == 2
+
+
+def test_values_postgresql_cannot_store_or_json_cannot_read_are_line_errors(project):
+    lines = [
+        json.dumps({"prompt": "a\u0000b", "response": "x"}),
+        '{"prompt": "a\\ud800", "response": "x"}',  # an unpaired surrogate
+        json.dumps({"prompt": "q", "response": None}),
+        json.dumps({"prompt": None, "response": "x"}),
+        '{"prompt": "q", "response": "x", "trace_id": NaN}',
+        '{"prompt": "q", "response": "x", "trace_id": ' + "9" * 5000 + "}",
+        '{"prompt": ' + "[" * 5000 + "}",
+        json.dumps({"prompt": "q", "response": "x", "tags": ["ok", "b\u0000d"]}),
+    ]
+    with pytest.raises(ImportRejected) as rejected:
+        cases_import(project=project, file_name="cases.jsonl", data="\n".join(lines).encode())
+    errors = dict(rejected.value.errors)
+    assert sorted(errors) == list(range(1, 9))
+    assert "prompt contains a NUL character" in errors[1]
+    assert "prompt contains an unpaired UTF-16 surrogate" in errors[2]
+    assert errors[3] == "response is null" and errors[4] == "prompt is null"
+    assert "NaN is not a JSON value" in errors[5]
+    assert "digits" in errors[6] and "nested too deeply" in errors[7]
+    assert "a tag contains a NUL character" in errors[8]
+    assert not Case.objects.exists()
+
+
+def test_an_export_with_unicode_line_separators_imports_again(project):
+    # json.dumps(..., ensure_ascii=False) writes U+2028 and U+0085 raw inside strings
+    rows = [
+        {"prompt": "first\u2028second", "chosen": "a\u0085b", "rejected": "c"},
+        {"prompt": "plain", "chosen": "yes", "rejected": "no"},
+    ]
+    data = "".join(json.dumps(row, ensure_ascii=False) + "\r\n" for row in rows).encode()
+    cases_import(project=project, file_name="pairs.jsonl", data=data)
+    assert sorted(Case.objects.values_list("prompt", flat=True)) == ["first\u2028second", "plain"]
+
+
+def test_a_csv_answer_that_is_a_json_array_stays_text(project):
+    data = (
+        b"prompt,response_a,response_b\n"
+        b'list users,"[{""id"": 1, ""name"": ""bob""}]","[{bad} is how we write sets"\n'
+        b'say hi,"[{""role"": ""assistant"", ""content"": ""Hi!""}]",Hello.\n'
+    )
+    cases_import(project=project, file_name="pairs.csv", data=data)
+    texts = set(Response.objects.values_list("text", flat=True))
+    assert texts == {'[{"id": 1, "name": "bob"}]', "[{bad} is how we write sets", "Hi!", "Hello."}
+
+
+@pytest.mark.parametrize(
+    ("header", "reason"),
+    [
+        ("prompt,response,", "column 3 has no name"),
+        ("prompt,response,response", "column(s) response appear more than once"),
+    ],
+)
+def test_a_csv_header_with_a_blank_or_repeated_column_is_refused(project, header, reason):
+    with pytest.raises(ImportRejected) as rejected:
+        cases_import(project=project, file_name="c.csv", data=f"{header}\nq,a,b\n".encode())
+    assert rejected.value.errors == [(1, rejected.value.errors[0][1])]
+    assert reason in rejected.value.errors[0][1]

@@ -36,7 +36,7 @@ def test_pages_need_a_login(client):
 def test_api_without_token_answers_401_in_json(client):
     response = client.get("/api/v1/me")
     assert response.status_code == 401
-    assert response.json() == {"detail": "Unauthorized"}
+    assert response.json()["detail"].startswith("Send 'Authorization: Bearer TOKEN'")
 
 
 def test_create_token_prints_a_token_that_authenticates(client, annotator):
