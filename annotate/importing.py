@@ -7,6 +7,9 @@ Three line shapes, told apart by their fields:
 - a pair to judge {"prompt", "response_a", "response_b", ...the optional fields above}
 - a labelled pair {"prompt", "chosen", "rejected", ...}  (TRL's preference format)
 
+Pairs are for split train (held-out and regression prompts are never queued); a labelled pair
+may also be held out, its chosen answer then being the one expected.
+
 A prompt is a string or a list of {"role", "content"} messages ("system" only first, the last one
 from the user). In CSV the prompt cell may hold such a list as JSON, and tags are a JSON list or
 comma-separated. Every bad line is collected, so a user fixes the whole file in one go.
@@ -209,6 +212,16 @@ def parse_record(record: Any, line_no: int) -> CaseRow:
         values = list(texts.values())
         if len(values) == 2 and values[0] == values[1]:
             problems.append(f"{' and '.join(texts)} are the same text: nothing to compare")
+        if shape == "pair" and row.split != "train":
+            problems.append(
+                f"a pair to judge belongs to split train: {row.split} prompts are never queued "
+                "for annotators (give the answer as response, the better one as better_response)"
+            )
+        if shape == "labelled" and row.split == "regression":
+            problems.append(
+                "a regression prompt holds the answer that must not change: give it as "
+                "{prompt, response}, not as a chosen/rejected pair"
+            )
     if problems:
         raise InvalidValue("; ".join(problems))
     return row

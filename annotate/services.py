@@ -337,6 +337,11 @@ def cases_import(
     responses: list[Response] = []
     pairs: list[tuple[Case, Response, Response, str]] = []
     for row, case in zip(rows, cases, strict=True):
+        if row.shape == "labelled" and row.split == Split.HELDOUT:
+            # never queued: its chosen answer is what the patched model is expected to say,
+            # as a held-out case's better_response
+            row.shape = "case"
+            row.texts = {"response": row.texts["rejected"], "better_response": row.texts["chosen"]}
         if row.shape == "case":
             deployed = Response(case=case, text=row.texts["response"], origin=Origin.DEPLOYED)
             responses.append(deployed)

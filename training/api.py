@@ -4,6 +4,7 @@ from typing import Any
 
 from django.http import FileResponse, HttpRequest
 from ninja import Router, Schema
+from pydantic import ConfigDict
 
 from accounts.roles import require_curator
 from training import artifacts, selectors, services
@@ -12,6 +13,8 @@ router = Router(tags=["training"])
 
 
 class LaunchIn(Schema):
+    model_config = ConfigDict(extra="forbid")  # {"confg": ...} must not launch with defaults
+
     config: dict[str, Any] | None = None
 
 

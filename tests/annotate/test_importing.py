@@ -245,3 +245,34 @@ def test_a_csv_header_with_a_blank_or_repeated_column_is_refused(project, header
         cases_import(project=project, file_name="c.csv", data=f"{header}\nq,a,b\n".encode())
     assert rejected.value.errors == [(1, rejected.value.errors[0][1])]
     assert reason in rejected.value.errors[0][1]
+
+
+def test_pairs_outside_train_are_refused_or_become_held_out_cases(project):
+    from annotate.selectors import eval_prompts
+
+    with pytest.raises(ImportRejected) as rejected:
+        cases_import(
+            project=project,
+            file_name="c.jsonl",
+            data=jsonl(
+                {"prompt": "q1", "response_a": "x", "response_b": "y", "split": "heldout"},
+                {"prompt": "q2", "chosen": "x", "rejected": "y", "split": "regression"},
+            ),
+        )
+    errors = dict(rejected.value.errors)
+    assert "heldout prompts are never queued" in errors[1]
+    assert "regression prompt holds the answer that must not change" in errors[2]
+
+    data = jsonl(
+        {"prompt": "Boots?", "chosen": "30 days.", "rejected": "7 days.", "split": "heldout"}
+    )
+    result = cases_import(project=project, file_name="c.jsonl", data=data)
+    assert result.cases == 1 and result.comparisons == 0 and not Comparison.objects.exists()
+    assert eval_prompts(project=project) == [
+        {
+            "prompt": "Boots?",
+            "kind": "heldout",
+            "case_id": Case.objects.get().pk,
+            "expected": "30 days.",
+        }
+    ]

@@ -99,6 +99,8 @@ def test_api_refuses_bad_launches_with_a_detail(curator_client, project, model_f
         ).status_code
         == 404
     )
+    misspelt = launch({"confg": {"epochs": 2}})
+    assert misspelt.status_code == 422 and "confg" in str(misspelt.json()["detail"])
     assert TrainingJob.objects.count() == 0
 
     ok = launch({"config": {"epochs": 2}})
