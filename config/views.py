@@ -1,7 +1,8 @@
 from django.conf import settings
 from django.contrib.auth.decorators import login_not_required
 from django.db import connections
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views import defaults
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 from kombu import Connection
@@ -43,3 +44,10 @@ def healthz(request: HttpRequest) -> JsonResponse:
     if failing:
         body["errors"] = failing
     return JsonResponse(body, status=503 if failing else 200)
+
+
+def page_not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
+    """404s: JSON under /api/ (a script reads {"detail"}), the HTML page elsewhere."""
+    if request.path.startswith("/api/"):
+        return JsonResponse({"detail": f"No API endpoint at {request.path}."}, status=404)
+    return defaults.page_not_found(request, exception)

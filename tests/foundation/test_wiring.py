@@ -223,3 +223,9 @@ def test_browser_logs_in_and_sees_the_home_page(live_server, page, curator):
     login(page, live_server, curator)
     assert page.locator("header").inner_text().find("carla") >= 0
     assert page.locator("h1").first.inner_text() == "Projects"
+
+
+def test_an_unknown_api_path_is_a_json_404(client):
+    response = client.get("/api/v1/projects/a/b/c/pairs.jsonl")
+    assert response.status_code == 404
+    assert response.json() == {"detail": "No API endpoint at /api/v1/projects/a/b/c/pairs.jsonl."}
