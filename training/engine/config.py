@@ -9,6 +9,7 @@ This module imports nothing heavy, so a web process can validate a job's config 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,7 +122,7 @@ def _require(condition: bool, message: str) -> None:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def validate_config(config: TrainConfig) -> None:
@@ -129,7 +130,7 @@ def validate_config(config: TrainConfig) -> None:
     _require(isinstance(config.model, str) and bool(config.model), "'model' must name a folder")
     _require(config.loss in LOSSES, f"'loss' must be one of {', '.join(LOSSES)}")
     for name in ("beta", "label_smoothing", "sft_weight", "retain_weight", "lr", "max_grad_norm"):
-        _require(_is_number(getattr(config, name)), f"'{name}' must be a number")
+        _require(_is_number(getattr(config, name)), f"'{name}' must be a finite number")
     _require(config.beta > 0, "'beta' must be above 0")
     _require(config.lr > 0, "'lr' must be above 0")
     _require(config.sft_weight >= 0 and config.retain_weight >= 0, "weights must be 0 or more")
@@ -151,7 +152,10 @@ def validate_config(config: TrainConfig) -> None:
         and config.sft_warmup_epochs >= 0,
         "'sft_warmup_epochs' must be an integer, 0 or more",
     )
-    _require(isinstance(config.seed, int), "'seed' must be an integer")
+    _require(
+        isinstance(config.seed, int) and 0 <= config.seed < 2**32,
+        "'seed' must be a whole number from 0 to 4294967295",
+    )
     if config.lora_alpha is not None:
         _require(
             isinstance(config.lora_alpha, int | float) and config.lora_alpha > 0,

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from training.engine.errors import EngineError
+from training.engine.errors import EngineError, first_line
 
 EVAL_KINDS = ("flagged", "heldout", "regression")
 
@@ -90,9 +90,11 @@ def check_model_folder(path: str | Path) -> Path:
     if not (folder / "config.json").is_file():
         raise EngineError(f"model folder {folder} has no config.json; is it a Hugging Face model?")
     try:
-        json.loads((folder / "config.json").read_text())
+        config = json.loads((folder / "config.json").read_text())
     except (OSError, ValueError) as error:
         raise EngineError(f"cannot read {folder / 'config.json'}: {error}") from None
+    if not isinstance(config, dict):
+        raise EngineError(f"{folder / 'config.json'} is not a JSON object; is it a model config?")
     return folder
 
 
@@ -185,7 +187,14 @@ def render_prompt(tokenizer: Any, prompt: Prompt) -> str:
     if isinstance(prompt, str):
         return prompt
     if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        try:
+            return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        except Exception as error:  # noqa: BLE001 (templates raise what their authors chose)
+            roles = "/".join(message["role"] for message in prompt)
+            raise EngineError(
+                f"the model's chat template refuses a prompt with roles {roles}: "
+                f"{first_line(error)}"
+            ) from None
     lines = [f"{message['role']}: {message['content']}" for message in prompt]
     return "\n".join(lines) + "\nassistant: "
 

@@ -12,3 +12,9 @@ class EngineError(Exception):
 
 class Cancelled(Exception):
     """``should_cancel()`` returned True; the run stopped without writing an adapter."""
+
+
+def first_line(error: BaseException) -> str:
+    """A library error in one line (state_dict errors list every tensor on lines of their own)."""
+    message = str(error).strip()
+    return message.splitlines()[0].rstrip(":. \t") if message else type(error).__name__

@@ -13,7 +13,32 @@ import torch
 
 from training.engine.data import EvalItem, Prompt, encode_prompt
 from training.engine.logprobs import pad_batch
-from training.engine.modeling import LoadedBase
+from training.engine.modeling import LoadedBase, context_length
+
+
+def end_token_ids(model: torch.nn.Module, tokenizer: Any) -> set[int]:
+    """The tokenizer's eos plus the generation config's: chat models often end a turn with a
+    second token (<|eot_id|>, <|im_end|>), and a served answer stops there."""
+    ids = {tokenizer.eos_token_id}
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if isinstance(configured, int):
+        ids.add(configured)
+    elif configured:
+        ids.update(configured)
+    return ids
+
+
+def fit_to_context(
+    model: torch.nn.Module, rows: list[list[int]], max_new_tokens: int
+) -> tuple[list[list[int]], int]:
+    """Prompts and answer budget within the model's context: a prompt keeps its end (where
+    the question is), and the answer gets at most what is left."""
+    context = context_length(model)
+    if context is None:
+        return rows, max_new_tokens
+    max_new_tokens = min(max_new_tokens, context // 2)
+    keep = context - max_new_tokens
+    return [row[-keep:] for row in rows], max_new_tokens
 
 
 def generate_greedy_ids(
@@ -27,10 +52,12 @@ def generate_greedy_ids(
     """Greedy answer token ids per prompt (ending with eos when the model stopped by itself)."""
     device = next(model.parameters()).device
     answers: list[list[int]] = []
-    eos = tokenizer.eos_token_id
+    eos = end_token_ids(model, tokenizer)
     for start in range(0, len(prompts), batch_size):
         batch = prompts[start : start + batch_size]
-        encoded = [encode_prompt(tokenizer, prompt) for prompt in batch]
+        encoded, budget = fit_to_context(
+            model, [encode_prompt(tokenizer, prompt) for prompt in batch], max_new_tokens
+        )
         input_ids, attention_mask = pad_batch(
             encoded, tokenizer.pad_token_id, left=True, device=device
         )
@@ -39,16 +66,16 @@ def generate_greedy_ids(
             output = model.generate(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
-                max_new_tokens=max_new_tokens,
+                max_new_tokens=budget,
                 do_sample=False,
                 pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=eos,
+                eos_token_id=sorted(eos),
             )
         for row in output[:, width:].tolist():
             answer = []
             for token in row:
                 answer.append(token)
-                if token == eos:
+                if token in eos:
                     break
             answers.append(answer)
     return answers

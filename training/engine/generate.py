@@ -34,7 +34,8 @@ from typing import Any
 import torch
 
 from training.engine.data import Prompt, _check_prompt, encode_prompt, read_jsonl
-from training.engine.errors import Cancelled, EngineError
+from training.engine.errors import Cancelled, EngineError, first_line
+from training.engine.evaluate import end_token_ids, fit_to_context
 from training.engine.logprobs import pad_batch
 from training.engine.modeling import LoadedBase
 
@@ -70,10 +71,12 @@ def sample_candidates(
     if existing is not None and len(existing) != len(prompts):
         raise EngineError(f"existing answers: got {len(existing)} lists for {len(prompts)} prompts")
     tokenizer = base.tokenizer
-    prompt_ids = [encode_prompt(tokenizer, prompt) for prompt in prompts]
+    prompt_ids, max_new_tokens = fit_to_context(
+        base.model, [encode_prompt(tokenizer, prompt) for prompt in prompts], max_new_tokens
+    )
     answers_to_draw = [(index, sample) for index in range(len(prompts)) for sample in range(n)]
     texts: list[list[str]] = [[] for _ in prompts]
-    eos_ids = eos_token_ids(base)
+    eos_ids = end_token_ids(base.model, base.tokenizer)
     with adapter_applied(base, adapter) as model:
         for start in range(0, len(answers_to_draw), batch_size):
             if should_cancel is not None and should_cancel():
@@ -129,18 +132,6 @@ def distinct(answers: list[str], existing: list[str]) -> list[str]:
 def answer_seed(seed: int, prompt: Prompt, sample: int) -> int:
     text = json.dumps([seed, prompt, sample], ensure_ascii=False, sort_keys=True)
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") >> 1
-
-
-def eos_token_ids(base: LoadedBase) -> set[int]:
-    """The tokenizer's eos plus the generation config's (chat models often end turns with a
-    second token, e.g. <|im_end|>)."""
-    ids = {base.tokenizer.eos_token_id}
-    configured = getattr(getattr(base.model, "generation_config", None), "eos_token_id", None)
-    if isinstance(configured, int):
-        ids.add(configured)
-    elif configured:
-        ids.update(configured)
-    return ids
 
 
 @torch.inference_mode()
@@ -229,18 +220,21 @@ def adapter_applied(base: LoadedBase, adapter: str | None) -> Iterator[torch.nn.
         return
     from peft import PeftModel
 
-    from training.engine.lora import check_adapter_folder
+    from training.engine.lora import check_adapter_fits, check_adapter_folder
 
     path = Path(adapter).expanduser()
     check_adapter_folder(path)
+    check_adapter_fits(path, base)
     had_peft_config = hasattr(base.model, "peft_config")
     try:
         model = PeftModel.from_pretrained(
             base.model, str(path), adapter_name=SAMPLING_ADAPTER, is_trainable=False
         )
-    except (OSError, ValueError, KeyError, RuntimeError) as error:
+    except Exception as error:  # noqa: BLE001 (truncated files, shapes of another model)
         _restore(base, had_peft_config)
-        raise EngineError(f"cannot load adapter {path} on {base.path}: {error}") from None
+        raise EngineError(
+            f"cannot load adapter {path} on {base.path}: {first_line(error)}"
+        ) from None
     model.eval()
     try:
         yield model

@@ -33,7 +33,7 @@ from training.engine.config import (
     TrainConfig,
     check_vllm_servable,
 )
-from training.engine.errors import EngineError
+from training.engine.errors import EngineError, first_line
 from training.engine.modeling import LoadedBase
 
 PATCH = "default"
@@ -54,6 +54,24 @@ def check_adapter_folder(path: Path) -> None:
     for name in ADAPTER_FILES:
         if not (path / name).is_file():
             raise EngineError(f"adapter folder {path} has no {name}; is it a PEFT LoRA adapter?")
+
+
+def check_adapter_fits(path: Path, base: LoadedBase) -> None:
+    """Refuse an adapter with layers this model lacks: peft would load the rest and silently
+    drop those (an adapter trained on another architecture)."""
+    modules = {name for name, _ in base.model.named_modules()}
+    try:
+        with safe_open(str(path / "adapter_model.safetensors"), framework="pt") as tensors:
+            names = list(tensors.keys())
+    except Exception as error:  # noqa: BLE001 (a truncated or foreign file)
+        raise EngineError(f"cannot read adapter {path}: {first_line(error)}") from None
+    layers = {name.split(".lora_")[0].removeprefix("base_model.model.") for name in names}
+    missing = sorted(layers - modules)
+    if missing:
+        raise EngineError(
+            f"adapter {path} has {len(missing)} layer(s) that {base.path} lacks "
+            f"(e.g. {missing[0]}): was it trained on another model?"
+        )
 
 
 def lora_config(config: TrainConfig, targets: list[str]) -> LoraConfig:
@@ -88,7 +106,7 @@ def lora_targets(base: LoadedBase, wanted: tuple[str, ...]) -> list[str]:
         in_block = any(part.isdigit() for part in parts[:-1])
         if in_block and parts[-1] not in ROUTERS and _is_linear(module):
             linear.add(parts[-1])
-    if tuple(wanted) == DEFAULT_TARGET_MODULES:
+    if set(wanted) == set(DEFAULT_TARGET_MODULES):
         if not linear:
             raise EngineError(f"{base.path} has no linear layers in repeated blocks for LoRA")
         return sorted(linear)
@@ -120,14 +138,15 @@ class Patch:
             )
         else:
             check_adapter_folder(self.deployed_path)
+            check_adapter_fits(self.deployed_path, base)
             try:
                 self.model = PeftModel.from_pretrained(
                     base.model, self.deployed_path, adapter_name=DEPLOYED, is_trainable=False
                 )
-            except (OSError, ValueError, KeyError, RuntimeError) as error:
+            except Exception as error:  # noqa: BLE001 (truncated files, shapes of another model)
                 self._restore_base()
                 raise EngineError(
-                    f"cannot load adapter {self.deployed_path} on {base.path}: {error}"
+                    f"cannot load adapter {self.deployed_path} on {base.path}: {first_line(error)}"
                 ) from None
             self.model.add_adapter(PATCH, lora_config(config, self.targets))
         self._activate_patch()

@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from training.engine.data import check_model_folder
-from training.engine.errors import EngineError
+from training.engine.errors import EngineError, first_line
 
 # Files whose bytes define what the model computes; hashed (sampled) into the identity.
 _IDENTITY_FILES = (
@@ -25,7 +25,8 @@ _IDENTITY_FILES = (
     "special_tokens_map.json",
 )
 _WEIGHT_SUFFIXES = (".safetensors", ".bin")
-_SAMPLE_BYTES = 1 << 20
+_SAMPLE_BYTES = 1 << 16
+_SAMPLES = 33  # the first and last bytes, and 31 places between
 
 
 @dataclass
@@ -39,6 +40,16 @@ class LoadedBase:
     path: Path
 
 
+def context_length(model: torch.nn.Module) -> int | None:
+    """The most tokens the model takes at once (its position table), when its config says."""
+    config = getattr(model, "config", None)
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 1:
+            return value
+    return None
+
+
 def pick_device() -> tuple[torch.device, torch.dtype]:
     """bf16 on a GPU that supports it, fp32 everywhere else (fp16 training needs loss scaling)."""
     if torch.cuda.is_available():
@@ -50,8 +61,10 @@ def pick_device() -> tuple[torch.device, torch.dtype]:
 def model_identity(path: Path) -> str:
     """A stable hash of a model folder's config, tokenizer and (sampled) weight bytes.
 
-    Hashing whole multi-GB weight files would cost seconds per job; the size plus the first,
-    middle and last MiB of each file changes whenever the weights do in practice.
+    Hashing whole multi-GB weight files would cost seconds per job; the size plus 64 KiB at 33
+    evenly spread places in each file change whenever the weights do in practice (a LoRA merged
+    into the base rewrites every linear layer, and those fill most of the file; the first,
+    middle and last MiB alone missed that).
     """
     digest = hashlib.sha256()
     for name in _IDENTITY_FILES:
@@ -67,9 +80,10 @@ def model_identity(path: Path) -> str:
 def _sampled_file_digest(file: Path) -> str:
     size = file.stat().st_size
     digest = hashlib.sha256(f"{file.name}:{size}".encode())
+    last = max(0, size - _SAMPLE_BYTES)
     with file.open("rb") as handle:
-        for offset in (0, max(0, size // 2 - _SAMPLE_BYTES // 2), max(0, size - _SAMPLE_BYTES)):
-            handle.seek(offset)
+        for index in range(_SAMPLES):
+            handle.seek(last * index // (_SAMPLES - 1))
             digest.update(handle.read(_SAMPLE_BYTES))
     return digest.hexdigest()
 
@@ -86,14 +100,14 @@ def load_base(path: str | Path) -> LoadedBase:
             dtype=dtype,
             device_map={"": device.index} if device.type == "cuda" else None,
         )
-    except (OSError, ValueError, KeyError) as error:
-        message = str(error).strip()
-        first_line = message.splitlines()[0] if message else type(error).__name__
-        raise EngineError(f"cannot load the model in {folder}: {first_line}") from None
+    except Exception as error:  # noqa: BLE001 (truncated weights, shapes unlike config.json...)
+        raise EngineError(f"cannot load the model in {folder}: {first_line(error)}") from None
     if tokenizer.eos_token_id is None:
         raise EngineError(f"the tokenizer in {folder} has no eos token; answers need one to end")
-    if tokenizer.pad_token_id is None:
-        # Batches are padded; padded positions are masked out, so any id works. eos is customary.
+    vocabulary = model.get_input_embeddings().num_embeddings
+    if tokenizer.pad_token_id is None or tokenizer.pad_token_id >= vocabulary:
+        # Batches are padded; padded positions are masked out, so any id the model has works
+        # (a [PAD] added to the tokenizer without resizing the model does not). eos is customary.
         tokenizer.pad_token = tokenizer.eos_token
     model.eval()
     model.requires_grad_(False)

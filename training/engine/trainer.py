@@ -31,8 +31,9 @@ from training.engine.data import (
     encode_prompt,
     parse_eval_items,
 )
-from training.engine.errors import Cancelled
+from training.engine.errors import Cancelled, EngineError
 from training.engine.evaluate import (
+    fit_to_context,
     generate_greedy,
     generate_greedy_ids,
     is_fixed,
@@ -42,7 +43,7 @@ from training.engine.evaluate import (
 from training.engine.logprobs import completion_logps_concat, pair_logps
 from training.engine.lora import Patch
 from training.engine.losses import preference_losses, reward_metrics
-from training.engine.modeling import LoadedBase, load_base
+from training.engine.modeling import LoadedBase, context_length, load_base
 from training.engine.refcache import RefLogpCache
 
 ProgressCallback = Callable[[dict[str, Any]], None]
@@ -94,20 +95,51 @@ def train(
     merging, also on error or cancel). Raises EngineError for bad input, Cancelled on cancel.
     """
     validate_config(config)
+    check_out_dir(Path(out_dir), adapter=config.adapter)
     items = parse_eval_items(eval_items) if eval_items else []
     run = _Run(on_progress, should_cancel)
     if base is None:
         base = load_base(config.model)
     _seed_everything(config.seed)
     tokenizer = base.tokenizer
+    max_length, max_prompt_length = config.max_length, config.max_prompt_length
+    context = context_length(base.model)
+    if context is not None and context < max_length:  # a small model: half for the prompt
+        max_length = context
+        max_prompt_length = context // 2 if max_prompt_length is not None else None
     encoded = encode_pairs(
-        tokenizer, pairs, max_length=config.max_length, max_prompt_length=config.max_prompt_length
+        tokenizer, pairs, max_length=max_length, max_prompt_length=max_prompt_length
     )
     patch = Patch(base, config)
     try:
         return _train_patch(config, patch, encoded, items, Path(out_dir), run)
     finally:
         patch.detach()
+
+
+def check_out_dir(out_dir: Path, *, adapter: str | None = None) -> None:
+    """Refuse an output folder that could not be written, before hours of training."""
+    out_dir = out_dir.expanduser()
+    if adapter and out_dir.resolve() == Path(adapter).expanduser().resolve():
+        raise EngineError(
+            f"--out {out_dir} is the deployed adapter's folder: writing there would replace it"
+        )
+    existing = next(folder for folder in (out_dir, *out_dir.parents) if folder.exists())
+    if not existing.is_dir():
+        raise EngineError(f"cannot write to {out_dir}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise EngineError(f"cannot write to {out_dir}: {existing} is not writable")
+
+
+def _require_finite(patch: Patch, loss: torch.Tensor, step: int, config: TrainConfig) -> None:
+    """A run that diverged must fail, not ship NaN weights as a patch."""
+    params = patch.trainable_parameters()
+    if torch.isfinite(loss) and all(torch.isfinite(param).all() for param in params):
+        return
+    raise EngineError(
+        f"training diverged at step {step} (loss {loss.item()}, or weights not finite); "
+        f"lower the learning rate (lr {config.lr:g}) or beta ({config.beta:g})"
+    )
 
 
 def _seed_everything(seed: int) -> None:
@@ -136,11 +168,17 @@ def _train_patch(
     started = time.perf_counter()
     before_ids = _answer_ids(patch, items, config, run, phase="eval_before")
     before = [tokenizer.decode(ids, skip_special_tokens=True) for ids in before_ids]
-    retain = [
-        (encode_prompt(tokenizer, item.prompt), ids)
+    kept = [
+        (item, ids)
         for item, ids in zip(items, before_ids, strict=True)
         if item.kind == "regression" and ids
     ]
+    retain_prompts, _ = fit_to_context(  # cut as they were for the answers
+        patch.model,
+        [encode_prompt(tokenizer, item.prompt) for item, _ in kept],
+        config.max_new_tokens,
+    )
+    retain = list(zip(retain_prompts, [ids for _, ids in kept], strict=True))
     timings["eval_before_s"] = time.perf_counter() - started
     flagged = [item for item in items if item.kind == "flagged" and item.expected is not None]
 
@@ -200,6 +238,7 @@ def _train_patch(
                 torch.nn.utils.clip_grad_norm_(patch.trainable_parameters(), config.max_grad_norm)
             optimizer.step()
             step += 1
+            _require_finite(patch, loss, step, config)
             step_metrics = {
                 "loss": loss.item(),
                 **reward_metrics(
@@ -430,6 +469,7 @@ def _sft_warmup(
                 torch.nn.utils.clip_grad_norm_(patch.trainable_parameters(), config.max_grad_norm)
             optimizer.step()
             losses.append(nll.item())
+            _require_finite(patch, nll, len(losses), config)
             run.tick("sft_warmup", len(losses), total, epoch=epoch, metrics={"nll": losses[-1]})
     return losses
 
