@@ -79,6 +79,7 @@ def test_empty_pairs_file(tmp_path: Path, tiny_model_dir: Path) -> None:
         (["--loss", "robust", "--label-smoothing", "0.5"], "'label_smoothing' must lie in"),
         (["--epochs", "0"], "'epochs' must be at least 1"),
         (["--target-modules", "c_attn"], "none of target_modules ['c_attn'] is a linear layer"),
+        (["--loss", "ipo", "--label-smoothing", "0.1"], "applies to the sigmoid and robust"),
     ],
 )
 def test_config_that_cannot_train_or_be_served(

@@ -149,6 +149,7 @@ def test_cli_writes_one_line_per_prompt(tiny_model_dir, tmp_path, capsys):
         ('{"prompt": "hi"}\n', ["--temperature", "0"], "temperature must be above 0"),
         ('{"prompt": "hi"}\n', ["--model", "no-such-model"], "no-such-model does not exist"),
         ('{"prompt": "hi"}\n', ["--adapter", "no-such-adapter"], "no-such-adapter does not exist"),
+        ('{"prompt": "hi"}\n', ["--out", "."], "it is a folder"),
     ],
 )
 def test_cli_bad_input_is_one_line_and_exit_2(

@@ -50,6 +50,8 @@ def test_output_folders_that_cannot_be_written_are_refused_first(
             train(_config(tiny_model_dir, tmp_path), pairs=PAIRS, out_dir=out)
     deployed = tmp_path / "deployed"
     train(_config(tiny_model_dir, tmp_path, epochs=1), pairs=PAIRS, out_dir=deployed)
+    # readable by a server running as another user (safetensors alone writes 0600)
+    assert (deployed / "adapter_model.safetensors").stat().st_mode & 0o777 == 0o644
     before = (deployed / "adapter_model.safetensors").read_bytes()
     with pytest.raises(EngineError, match="is the deployed adapter's folder"):
         train(

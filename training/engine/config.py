@@ -135,6 +135,10 @@ def validate_config(config: TrainConfig) -> None:
     _require(config.lr > 0, "'lr' must be above 0")
     _require(config.sft_weight >= 0 and config.retain_weight >= 0, "weights must be 0 or more")
     _require(0 <= config.label_smoothing < 0.5, "'label_smoothing' must lie in [0, 0.5)")
+    _require(
+        not config.label_smoothing or config.loss in ("sigmoid", "robust"),
+        f"'label_smoothing' applies to the sigmoid and robust losses, not to {config.loss}",
+    )
     for name in (
         "epochs",
         "batch_size",

@@ -300,6 +300,8 @@ def run(args: argparse.Namespace) -> int:
         check_adapter_folder(Path(args.adapter).expanduser())
     if not args.out.parent.is_dir():
         raise EngineError(f"cannot write {args.out}: folder {args.out.parent} does not exist")
+    if args.out.is_dir():
+        raise EngineError(f"cannot write {args.out}: it is a folder; name a .jsonl file in it")
 
     _quiet_libraries()
     started = time.perf_counter()

@@ -510,6 +510,9 @@ def _save(
             report["stacked_on_adapter"].update(combined)
         (staging / "metrics.json").write_text(json.dumps(metrics, indent=1))
         (staging / "report.json").write_text(json.dumps(report, indent=1, ensure_ascii=False))
+        for path in staging.rglob("*"):  # safetensors writes 0600; servers may run as others
+            if path.is_file():
+                path.chmod(0o644)
         shutil.rmtree(out_dir / COMBINED, ignore_errors=True)  # never one from an earlier run
         if (staging / COMBINED).is_dir():
             os.replace(staging / COMBINED, out_dir / COMBINED)
