@@ -759,8 +759,10 @@ def judgment_submit(
         if _same_judgment(existing, choice=wanted, edited=edited, rationale=rationale):
             return existing, False
         was = flip_for(existing.choice, existing.shown_left) if as_shown else existing.choice
+        differs = "" if existing.choice != wanted else " with another corrected answer or rationale"
         raise JudgmentConflict(
-            f"You already judged comparison {comparison_id} as {was!r}; undo it first to change it."
+            f"You already judged comparison {comparison_id} as {was!r}{differs}; "
+            "undo it first to change it."
         )
     if outcome != "created":
         raise ComparisonTaken(

@@ -95,8 +95,12 @@ def test_a_repeated_identical_judgment_is_a_no_op(project, annotator):
 def test_a_different_second_judgment_is_a_conflict(project, annotator):
     (comparison,) = make_pairs(project, 1)
     judgment_submit(comparison=comparison, annotator=annotator.user, choice="a")
-    with pytest.raises(JudgmentConflict, match="already judged"):
+    with pytest.raises(JudgmentConflict, match="already judged comparison .* as 'a'; undo"):
         judgment_submit(comparison=comparison, annotator=annotator.user, choice="tie")
+    with pytest.raises(JudgmentConflict, match="as 'a' with another corrected answer or rationale"):
+        judgment_submit(
+            comparison=comparison, annotator=annotator.user, choice="a", rationale="because"
+        )
     assert Judgment.objects.get().choice == "a"
 
 
