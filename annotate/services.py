@@ -265,6 +265,13 @@ def case_create(
             errors[field] = str(exc)
     if not errors and cleaned["split"] == Split.REGRESSION and cleaned["response"] is None:
         errors["response"] = "a regression case needs the response that must not change"
+    same = (
+        cleaned.get("response") is not None
+        and cleaned.get("better_response") == cleaned["response"]
+    )
+    if not errors and same:
+        # as an import line is refused: a "better" answer equal to the bad one is a mistake
+        errors["better_response"] = "better_response is the same text as response"
     if errors:
         raise ValidationError(errors)
     if flagged is None:
@@ -290,7 +297,7 @@ def case_create(
             case=case, text=cleaned["better_response"], origin=Origin.HUMAN, created_by=created_by
         )
     train = cleaned["split"] == Split.TRAIN
-    if flagged and train and deployed and human and deployed.text != human.text:
+    if flagged and train and deployed and human:
         comparison_create(case=case, response_a=deployed, response_b=human)
     audit_record(actor=created_by, action="case.create", target=case, new_value={"source": source})
     return case

@@ -62,6 +62,8 @@ def test_flagging_errors(project, curator, annotator, api, client):
     script = Client(enforce_csrf_checks=True, headers={"Authorization": "Bearer pw_bogus"})
     bogus = script.post("/api/v1/projects/support/cases", body, content_type="application/json")
     assert bogus.status_code == 401 and "unknown or revoked" in bogus.json()["detail"]
+    same = as_curator("post", "/projects/support/cases", body | {"better_response": "r"})
+    assert same.status_code == 422 and "same text as response" in str(same.json()["detail"])
     forbidden = api(annotator.user)("post", "/projects/support/cases", body)
     assert forbidden.status_code == 403
     assert forbidden.json() == {"detail": "Only curators may do this."}
