@@ -224,6 +224,11 @@ def parse_record(record: Any, line_no: int) -> CaseRow:
             )
     if problems:
         raise InvalidValue("; ".join(problems))
+    if shape == "labelled" and row.split == "heldout":
+        # never queued: its chosen answer is what the patched model is expected to say, as a
+        # held-out case's better_response
+        row.shape = "case"
+        row.texts = {"response": texts["rejected"], "better_response": texts["chosen"]}
     return row
 
 

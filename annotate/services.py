@@ -265,13 +265,9 @@ def case_create(
             errors[field] = str(exc)
     if not errors and cleaned["split"] == Split.REGRESSION and cleaned["response"] is None:
         errors["response"] = "a regression case needs the response that must not change"
-    same = (
-        cleaned.get("response") is not None
-        and cleaned.get("better_response") == cleaned["response"]
-    )
-    if not errors and same:
-        # as an import line is refused: a "better" answer equal to the bad one is a mistake
-        errors["better_response"] = "better_response is the same text as response"
+    if not errors and cleaned["response"] is not None:
+        if cleaned["better_response"] == cleaned["response"]:  # as the import refuses that line
+            errors["better_response"] = "better_response is the same text as response"
     if errors:
         raise ValidationError(errors)
     if flagged is None:
@@ -344,11 +340,6 @@ def cases_import(
     responses: list[Response] = []
     pairs: list[tuple[Case, Response, Response, str]] = []
     for row, case in zip(rows, cases, strict=True):
-        if row.shape == "labelled" and row.split == Split.HELDOUT:
-            # never queued: its chosen answer is what the patched model is expected to say,
-            # as a held-out case's better_response
-            row.shape = "case"
-            row.texts = {"response": row.texts["rejected"], "better_response": row.texts["chosen"]}
         if row.shape == "case":
             deployed = Response(case=case, text=row.texts["response"], origin=Origin.DEPLOYED)
             responses.append(deployed)

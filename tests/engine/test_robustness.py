@@ -3,7 +3,6 @@ anything is written, or works."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -125,4 +124,3 @@ def test_answers_end_at_the_generation_configs_end_of_turn_too(
     assert end_token_ids(base.model, base.tokenizer) == {base.tokenizer.eos_token_id}
     base.model.generation_config.eos_token_id = [base.tokenizer.eos_token_id, 7]
     assert end_token_ids(base.model, base.tokenizer) == {base.tokenizer.eos_token_id, 7}
-    assert json.dumps(sorted(end_token_ids(base.model, base.tokenizer)))

@@ -133,8 +133,9 @@ def check_out_dir(out_dir: Path, *, adapter: str | None = None) -> None:
 
 def _require_finite(patch: Patch, loss: torch.Tensor, step: int, config: TrainConfig) -> None:
     """A run that diverged must fail, not ship NaN weights as a patch."""
-    params = patch.trainable_parameters()
-    if torch.isfinite(loss) and all(torch.isfinite(param).all() for param in params):
+    checks = [torch.isfinite(loss).all()]
+    checks += [torch.isfinite(param).all() for param in patch.trainable_parameters()]
+    if torch.stack(checks).all():  # one device sync per step, not one per LoRA matrix
         return
     raise EngineError(
         f"training diverged at step {step} (loss {loss.item()}, or weights not finite); "
@@ -168,17 +169,17 @@ def _train_patch(
     started = time.perf_counter()
     before_ids = _answer_ids(patch, items, config, run, phase="eval_before")
     before = [tokenizer.decode(ids, skip_special_tokens=True) for ids in before_ids]
-    kept = [
+    regression = [
         (item, ids)
         for item, ids in zip(items, before_ids, strict=True)
         if item.kind == "regression" and ids
     ]
     retain_prompts, _ = fit_to_context(  # cut as they were for the answers
         patch.model,
-        [encode_prompt(tokenizer, item.prompt) for item, _ in kept],
+        [encode_prompt(tokenizer, item.prompt) for item, _ in regression],
         config.max_new_tokens,
     )
-    retain = list(zip(retain_prompts, [ids for _, ids in kept], strict=True))
+    retain = [(prompt, ids) for prompt, (_, ids) in zip(retain_prompts, regression, strict=True)]
     timings["eval_before_s"] = time.perf_counter() - started
     flagged = [item for item in items if item.kind == "flagged" and item.expected is not None]
 
