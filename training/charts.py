@@ -6,6 +6,7 @@ does not govern.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,11 +21,30 @@ def _fmt(value: float) -> str:
     return f"{value:.3g}"
 
 
+def _step(value: float) -> str:
+    return str(int(value)) if value.is_integer() and abs(value) < 1e15 else _fmt(value)
+
+
+def _coord(value: float) -> str:
+    """A coordinate, formatted before it reaches ``format_html``: its arguments are escaped into
+    strings first, so a ``{:.1f}`` in the template would raise on them."""
+    return f"{value:.1f}"
+
+
+def _plottable(row: dict[str, Any], key: str) -> bool:
+    """A step whose value can be drawn: NaN or an infinite loss would bend every other point."""
+    value, step = row.get(key), row.get("step")
+    return all(
+        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+        for v in (value, step)
+    )
+
+
 def line_chart(
     series: Sequence[dict[str, Any]], key: str, *, title: str | None = None, colour: str = "#2f5bd3"
 ) -> SafeString:
     """An SVG line of ``row[key]`` against ``row["step"]`` for the rows that have it."""
-    points = [(row["step"], row[key]) for row in series if row.get(key) is not None]
+    points = [(float(row["step"]), float(row[key])) for row in series if _plottable(row, key)]
     title = title or key
     header = format_html(
         '<svg class="chart" viewBox="0 0 {} {}" width="{}" height="{}" role="img" '
@@ -43,18 +63,27 @@ def line_chart(
     x_min, x_max = min(xs), max(xs)
     y_min, y_max = min(ys), max(ys)
     if y_max == y_min:
-        y_min, y_max = y_min - 0.5, y_max + 0.5
+        # A flat line sits mid-chart; the pad grows with the value so that it is not lost in
+        # rounding (1e20 + 0.5 is still 1e20).
+        pad = max(0.5, abs(y_min) * 0.01)
+        y_min, y_max = y_min - pad, y_max + pad
     if x_max == x_min:
-        x_max = x_min + 1
+        x_max = x_min + max(1.0, abs(x_min) * 0.01)
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
+    # Values are scaled before they are subtracted, so that a series spanning -1e308..1e308
+    # does not overflow to inf.
+    x_scale = max(abs(x_min), abs(x_max), 1.0)
+    y_scale = max(abs(y_min), abs(y_max), 1.0)
 
     def sx(x: float) -> float:
-        return LEFT + (x - x_min) / (x_max - x_min) * plot_w
+        span = x_max / x_scale - x_min / x_scale
+        return LEFT + (x / x_scale - x_min / x_scale) / span * plot_w
 
     def sy(y: float) -> float:
-        return TOP + (1 - (y - y_min) / (y_max - y_min)) * plot_h
+        span = y_max / y_scale - y_min / y_scale
+        return TOP + (1 - (y / y_scale - y_min / y_scale) / span) * plot_h
 
-    path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in points)
+    path = " ".join(f"{_coord(sx(x))},{_coord(sy(y))}" for x, y in points)
     axes = format_html(
         '<line x1="{l}" y1="{b}" x2="{r}" y2="{b}" stroke="#dde2ea"/>'
         '<line x1="{l}" y1="{t}" x2="{l}" y2="{b}" stroke="#dde2ea"/>'
@@ -63,21 +92,23 @@ def line_chart(
         '<text x="{l}" y="{xl}" font-size="10" fill="#5b6577">step {xmin}</text>'
         '<text x="{r}" y="{xl}" font-size="10" text-anchor="end" fill="#5b6577">{xmax}</text>',
         l=LEFT, r=WIDTH - RIGHT, t=TOP, b=HEIGHT - BOTTOM, lt=LEFT - 4, ty=TOP + 8,
-        xl=HEIGHT - 6, ymax=_fmt(y_max), ymin=_fmt(y_min), xmin=x_min, xmax=x_max,
+        xl=HEIGHT - 6, ymax=_fmt(y_max), ymin=_fmt(y_min), xmin=_step(min(xs)), xmax=_step(max(xs)),
     )  # fmt: skip
     zero = ""
     if y_min < 0 < y_max:
         zero = format_html(
-            '<line x1="{}" y1="{:.1f}" x2="{}" y2="{:.1f}" stroke="#dde2ea" '
-            'stroke-dasharray="3 3"/>',
-            LEFT, sy(0), WIDTH - RIGHT, sy(0),
+            '<line x1="{}" y1="{}" x2="{}" y2="{}" stroke="#dde2ea" stroke-dasharray="3 3"/>',
+            LEFT, _coord(sy(0)), WIDTH - RIGHT, _coord(sy(0)),
         )  # fmt: skip
     line = format_html(
         '<polyline points="{}" fill="none" stroke="{}" stroke-width="2"/>', path, colour
     )
+    # The last point is marked, so that a one-step series (a polyline of one point draws
+    # nothing) still shows where it is.
     last = format_html(
+        '<circle cx="{}" cy="{}" r="3" fill="{}"/>'
         '<text x="{}" y="15" font-size="11" text-anchor="end" fill="{}">last {}</text>',
-        WIDTH - RIGHT, colour, _fmt(ys[-1]),
+        _coord(sx(xs[-1])), _coord(sy(ys[-1])), colour, WIDTH - RIGHT, colour, _fmt(ys[-1]),
     )  # fmt: skip
     return format_html("{}{}{}{}{}</svg>", header, axes, zero, line, last)
 

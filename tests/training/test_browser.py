@@ -49,3 +49,47 @@ def test_curator_clicks_patch_watches_progress_reads_report_and_downloads(
     page.goto(f"{live_server.url}/jobs/project/shop/")
     assert "Succeeded" in page.inner_text("#jobs")
     assert not csp_errors, csp_errors
+
+
+def test_the_job_page_keeps_polling_when_the_reward_margin_goes_negative(
+    live_server, page, curator, annotator, demo_model, settings
+):
+    """The first minutes of a real job: the margin dips below zero, and the page (and its
+    htmx poll) must keep drawing rather than answer 500."""
+    from training.services import job_claim, job_enqueue, job_record_progress
+
+    settings.PATCHWISE_BASE_MODEL = str(demo_model)
+    project = make_project(demo_model, judge=annotator.user, flagged=2, heldout=1, regression=1)
+    job = job_enqueue(project=project, actor=curator.user, config={})
+    job_claim(job_id=job.pk, worker_name="test-worker")  # running, as a worker would have it
+
+    def progress(step: int, margins: list[float]) -> None:
+        series = [
+            {"step": i, "loss": 0.69 - m / 10, "rewards/margins": m, "rewards/accuracies": 0.5}
+            for i, m in enumerate(margins, 1)
+        ]
+        job_record_progress(
+            job_id=job.pk,
+            progress={"phase": "train", "step": step, "total": 20, "eta_seconds": 30},
+            latest_metrics=series[-1],
+            metrics_series=series,
+        )
+
+    progress(2, [0.0, -0.25])
+    server_errors = []
+    page.on("response", lambda r: server_errors.append(r.url) if r.status >= 500 else None)
+    login(page, live_server, curator)
+    page.goto(f"{live_server.url}/jobs/{job.pk}/")
+    assert "step 2 of 20" in page.inner_text("#job-progress-text")
+    margins_chart = page.locator("#charts svg[aria-label='rewards/margins']")
+    assert "last -0.25" in margins_chart.text_content()
+    assert margins_chart.locator("line[stroke-dasharray]").count() == 0  # not crossing yet
+
+    progress(3, [0.0, -0.25, 0.4])  # now the series crosses zero: the poll must survive it
+    page.wait_for_selector("#job-progress-text:text('step 3 of 20')")
+    progress(4, [0.0, -0.25, 0.4, -1.75])
+    page.wait_for_selector("#job-progress-text:text('step 4 of 20')")
+    assert "last -1.75" in margins_chart.text_content()
+    assert margins_chart.locator("line[stroke-dasharray]").count() == 1
+    assert page.locator("#charts svg").count() == 3
+    assert not server_errors, server_errors
