@@ -146,7 +146,10 @@ def _round(round_id: int) -> Round:
 
 @require_GET
 @curator_required
+@vary_on_headers("HX-Request")
 def round_detail(request: HttpRequest, round_id: int) -> HttpResponse:
+    """The round's score and answers; while its generation runs, htmx polls the ``live``
+    fragment every second (as on the job page) and stops once the generation has finished."""
     current = _round(round_id)
     timeline = selectors.rounds_timeline(project=current.project)
     row = next(row for row in timeline if row.round.pk == current.pk)
@@ -155,8 +158,10 @@ def round_detail(request: HttpRequest, round_id: int) -> HttpResponse:
         "round": current,
         "row": row,
         "answers": selectors.round_answers(current=current),
+        "generating": current.generation is not None and not current.generation.is_finished,
     }
-    return render(request, "rounds/round_detail.html", context)
+    template = "rounds/round_detail.html"
+    return render(request, f"{template}#live" if request.htmx else template, context)
 
 
 @require_POST
