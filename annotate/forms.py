@@ -9,7 +9,7 @@ from django.contrib.auth import get_user_model
 from django.core import signing
 from django.template.defaultfilters import filesizeformat
 
-from annotate.importing import MAX_TEXT_CHARS
+from annotate.field_rules import MAX_TEXT_CHARS
 from annotate.models import Project, Split
 
 _TICKET_SALT = "annotate.compare.ticket"

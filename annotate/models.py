@@ -1,6 +1,6 @@
 """Projects, cases, responses, comparisons, judgments and the leases of the annotation queue.
 
-Every state change goes through annotate/services.py; reads that need more than one line of ORM
+Every state change goes through annotate/services/; reads that need more than one line of ORM
 live in annotate/selectors.py. The database, not Python, keeps the queue honest: one judgment per
 annotator per comparison (a unique constraint), and `judgment_count` never passes the project's
 overlap (a filtered UPDATE in `judgment_submit`, under the comparison's row lock).

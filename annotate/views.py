@@ -20,6 +20,7 @@ from django.views.decorators.vary import vary_on_headers
 
 from accounts.roles import curator_required
 from annotate import reports, services
+from annotate.field_rules import MAX_TEXT_CHARS
 from annotate.forms import (
     CaseFilterForm,
     CaseUploadForm,
@@ -30,7 +31,7 @@ from annotate.forms import (
     choice_for,
     side_for,
 )
-from annotate.importing import MAX_TEXT_CHARS, ImportRejected
+from annotate.importing import ImportRejected
 from annotate.models import Choice, Comparison, Judgment, Project, Response
 
 CASES_PER_PAGE = 25

@@ -307,9 +307,9 @@ def explain_queue(project) -> str:
     from django.db import connection
     from django.utils import timezone
 
-    from annotate.services import _CANDIDATE_SQL
+    from annotate.services.queue_sql import CANDIDATE_SQL
 
-    sql = _CANDIDATE_SQL.format(tried="", lock="FOR UPDATE OF c SKIP LOCKED")
+    sql = CANDIDATE_SQL.format(tried="", lock="FOR UPDATE OF c SKIP LOCKED")
     params = {"project": project.pk, "user": 0, "now": timezone.now(), "overlap": project.overlap}
     with connection.cursor() as cursor:
         cursor.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + sql, params)

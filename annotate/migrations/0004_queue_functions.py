@@ -7,9 +7,9 @@ VOLATILE function takes a fresh snapshot, so the live-lease recount after the ro
 every lease committed meanwhile, exactly as the separate statements did. PL/pgSQL also keeps
 their plans for the session, so they are planned once per connection.
 
-`annotate/services.py` calls them on PostgreSQL and runs the same steps as separate statements
-on SQLite (the embedded default for one person). A change to either must change both: the
-queue tests run the functions, test_commands runs the SQLite steps.
+`annotate/services/queue_sql.py` calls them on PostgreSQL and runs the same steps as separate
+statements on SQLite (the embedded default for one person). A change to either must change both:
+the queue tests run the functions, test_commands runs the SQLite steps.
 """
 
 from django.db import migrations

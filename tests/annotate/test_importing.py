@@ -6,7 +6,8 @@ import pytest
 from django.core.exceptions import ValidationError
 
 from accounts.models import AuditEvent
-from annotate.importing import MAX_TEXT_CHARS, ImportRejected
+from annotate.field_rules import MAX_TEXT_CHARS
+from annotate.importing import ImportRejected
 from annotate.models import Case, Comparison, Response
 from annotate.services import case_create, cases_import
 
