@@ -60,7 +60,13 @@ def side_for(choice: str, shown_left: str) -> str | None:
 
 class JudgeForm(forms.Form):
     ticket = forms.CharField()
-    pick = forms.ChoiceField(choices=[(p, p) for p in PICKS])
+    pick = forms.ChoiceField(
+        choices=[(p, p) for p in PICKS],
+        error_messages={
+            "required": "Say which answer was better (A, B, tie or both bad); "
+            "a correct answer does not pick a side for you."
+        },
+    )
     edited = forms.CharField(required=False, strip=False, max_length=MAX_TEXT_CHARS)
 
     def __init__(self, *args, user, **kwargs) -> None:

@@ -70,7 +70,7 @@ class PairItem:
     sides: list[ScreenSide]
     messages: list[dict] | None
     prompt_text: str
-    start_from: str = "left"
+    editor_pick: str = ""  # the editor's "which was better": never preset but from an undo
     edit_text: str = ""
     edited: bool = False
     raw_texts: dict = field(default_factory=dict)
@@ -98,11 +98,12 @@ def _pair_item(
         prompt_text=prompt if isinstance(prompt, str) else "",
         raw_texts={"left": left.text, "right": right.text},
     )
-    # The editor starts from the better side: the one chosen last on this pair, else A.
-    if undone is not None:
-        item.start_from = side_for(undone.choice, shown_left) or "left"
-        item.edited = bool(undone.edited)
-    item.edit_text = undone.edited if undone and undone.edited else item.raw_texts[item.start_from]
+    # The editor starts empty, with no side picked: a preset side would be a vote the annotator
+    # never cast. Undoing a corrected answer brings back exactly what was written and picked.
+    if undone is not None and undone.edited:
+        item.edited = True
+        item.edit_text = undone.edited
+        item.editor_pick = side_for(undone.choice, shown_left) or undone.choice
     return item
 
 

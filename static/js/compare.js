@@ -41,7 +41,8 @@
     if (help) help.open = !help.open;
   }
 
-  // "Start from A/B" in the editor: replace the text and record which side it builds on.
+  // "Start from A/B" in the editor: copy that side's text. It says nothing about which side
+  // was better; the annotator answers that separately.
   document.addEventListener("click", function (event) {
     const source = event.target.closest("[data-start-from]");
     if (!source) return;
@@ -49,7 +50,6 @@
     const side = source.dataset.startFrom;
     const form = source.closest("form");
     form.querySelector("textarea").value = texts()[side];
-    form.querySelector('input[name="pick"]').value = side;
     form.querySelector("textarea").focus();
   });
 

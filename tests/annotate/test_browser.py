@@ -65,11 +65,6 @@ def _current(annotator) -> Lease:
     )
 
 
-def _left_text(lease: Lease) -> str:
-    comparison = lease.comparison
-    return (comparison.response_a if lease.shown_left == "a" else comparison.response_b).text
-
-
 def _screenshot(page, name: str) -> None:
     folder = os.environ.get("PATCHWISE_SCREENSHOT_DIR")
     if folder:
@@ -94,12 +89,19 @@ def test_annotator_judges_edits_and_undoes_with_the_keyboard(live_server, page, 
     page.keyboard.press("e")
     editor = page.locator("#editor textarea")
     expect(editor).to_be_focused()
-    expect(editor).to_have_value(_left_text(second))  # pre-filled from A, the left side
-    page.keyboard.press("ControlOrMeta+a")
+    # No side is preset: writing a correction is not a vote for A.
+    expect(editor).to_have_value("")
+    expect(page.locator("#editor-verdict input:checked")).to_have_count(0)
     # Digits and letters typed into the answer are text, not shortcuts.
     page.keyboard.type("Run: pw reset 1 2 3 e z")
+    page.keyboard.press("Control+Enter")  # refused by the browser: which side was better?
+    page.wait_for_timeout(500)
+    expect(notice).to_have_text("Saved: A better.")
+    assert not Judgment.objects.filter(comparison_id=second.comparison_id).exists()
+    page.locator("#editor-verdict input[value=right]").check()
+    editor.focus()
     page.keyboard.press("Control+Enter")
-    expect(notice).to_have_text("Saved: A better with your correct answer.")
+    expect(notice).to_have_text("Saved: B better with your correct answer.")
 
     third = _current(annotator)
     page.keyboard.press("e")
@@ -122,7 +124,7 @@ def test_annotator_judges_edits_and_undoes_with_the_keyboard(live_server, page, 
     judgments = {j.comparison_id: j for j in Judgment.objects.filter(annotator=annotator.user)}
     assert set(judgments) == {first.comparison_id, second.comparison_id, third.comparison_id}
     assert judgments[first.comparison_id].choice == first.shown_left
-    assert judgments[second.comparison_id].choice == second.shown_left
+    assert judgments[second.comparison_id].choice != second.shown_left  # B, the right side
     assert judgments[second.comparison_id].edited == "Run: pw reset 1 2 3 e z"
     assert judgments[second.comparison_id].corrected_response.origin == "human"
     assert judgments[third.comparison_id].choice == "tie"
@@ -152,11 +154,14 @@ def test_mouse_users_have_buttons_with_the_key_hints(live_server, page, annotato
         second.comparison.response_b if second.shown_left == "a" else second.comparison.response_a
     )
     expect(editor).to_have_value(right.text)
+    # Building on B's text picks no side: this annotator says both were bad.
+    expect(page.locator("#editor-verdict input:checked")).to_have_count(0)
     editor.fill(right.text + "\n\nAnd then log in again.")
+    page.get_by_label("Neither: both bad").check()
     page.get_by_role("button", name="Save correct answer").click()
-    expect(page.locator("#pair .notice")).to_have_text("Saved: B better with your correct answer.")
+    expect(page.locator("#pair .notice")).to_have_text("Saved: both bad with your correct answer.")
     judgment = Judgment.objects.get(annotator=annotator.user, comparison=second.comparison)
-    assert judgment.choice != second.shown_left  # B, the right side, is the one built on
+    assert judgment.choice == "both_bad"
     assert judgment.edited.endswith("And then log in again.")
 
 

@@ -237,7 +237,7 @@ def test_saving_a_correct_answer_stores_it_as_a_human_response(
     assert judgment.corrected_response.origin == "human"
 
 
-def test_undo_brings_the_pair_back_with_the_editor_starting_from_the_chosen_side(
+def test_undo_brings_the_pair_back_with_what_was_written_and_picked(
     annotator_client, annotator, project
 ):
     comparison, shown_left, ticket = _shown_pair(annotator_client, project)
@@ -247,11 +247,39 @@ def test_undo_brings_the_pair_back_with_the_editor_starting_from_the_chosen_side
     html = annotator_client.post(reverse("undo", args=[project.slug]), headers=HX).content.decode()
     assert "Undone: B better" in html
     assert not Judgment.objects.exists()
-    right = comparison.response_b if shown_left == "a" else comparison.response_a
-    assert re.search(r"<textarea[^>]*>" + re.escape(right.text) + "</textarea>", html)
+    # A plain vote undone leaves the editor as new: empty, no side picked.
+    assert re.search(r"<textarea[^>]*></textarea>", html)
+    assert " checked" not in html
     assert Lease.objects.get(annotator=annotator.user).comparison == comparison
+
+    ticket = _ticket(html)
+    annotator_client.post(
+        reverse("judge", args=[project.slug]),
+        {"ticket": ticket, "pick": "both_bad", "edited": "Fixed text."},
+        headers=HX,
+    )
+    html = annotator_client.post(reverse("undo", args=[project.slug]), headers=HX).content.decode()
+    assert re.search(r"<textarea[^>]*>Fixed text.</textarea>", html)
+    assert re.search(r'value="both_bad" required checked', html)
     nothing = annotator_client.post(reverse("undo", args=[project.slug]), headers=HX)
     assert "Nothing to undo." in nothing.content.decode()
+
+
+def test_a_correct_answer_without_a_side_is_refused_not_counted_for_a(
+    annotator_client, annotator, project
+):
+    _, _, ticket = _shown_pair(annotator_client, project)
+    refused = annotator_client.post(
+        reverse("judge", args=[project.slug]),
+        {"ticket": ticket, "edited": "The corrected answer."},
+        headers=HX,
+    )
+    assert "Say which answer was better" in refused.content.decode()
+    assert not Judgment.objects.exists()
+    plain = annotator_client.post(
+        reverse("judge", args=[project.slug]), {"ticket": ticket, "edited": "The answer."}
+    )
+    assert plain.status_code == 400 and not Judgment.objects.exists()
 
 
 def test_without_htmx_a_judgment_redirects_back_to_the_page(annotator_client, project):
