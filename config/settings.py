@@ -161,6 +161,9 @@ PATCHWISE_TOKEN_CHECK_SECONDS = float(os.environ.get("PATCHWISE_TOKEN_CHECK_SECO
 # than the stale limit is failed by the periodic reaper (its worker died).
 PATCHWISE_JOB_HEARTBEAT_SECONDS = float(os.environ.get("PATCHWISE_JOB_HEARTBEAT_SECONDS", "10"))
 PATCHWISE_JOB_STALE_SECONDS = float(os.environ.get("PATCHWISE_JOB_STALE_SECONDS", "90"))
+# GPUs a gpu worker may give one job (its node's GPUs; one worker per node). A job whose
+# config asks for more ("gpus") is refused at launch; one above 1 trains under torchrun.
+PATCHWISE_WORKER_GPUS = int(os.environ.get("PATCHWISE_WORKER_GPUS", "1"))
 
 ARTIFACT_ROOT = Path(os.environ.get("ARTIFACT_ROOT", VAR_DIR / "artifacts"))
 PATCHWISE_BASE_MODEL = os.environ.get("PATCHWISE_BASE_MODEL", str(VAR_DIR / "demo-model"))

@@ -44,6 +44,9 @@ LAUNCH_KEYS = (
     "lora_r",
     "seed",
 )
+# Config keys that are the worker's business, not the engine's: how many GPUs (one process
+# each, under torchrun) the job trains on. At most PATCHWISE_WORKER_GPUS.
+WORKER_KEYS = ("gpus",)
 
 
 class JobRefused(Exception):
@@ -82,11 +85,13 @@ def resolve_config(config: dict[str, Any] | None) -> dict[str, Any]:
     from training.engine import EngineError, TrainConfig, validate_config
 
     given = dict(config or {})
-    unknown = sorted(set(given) - set(LAUNCH_KEYS))
+    unknown = sorted(set(given) - set(LAUNCH_KEYS) - set(WORKER_KEYS))
     if unknown:
         raise JobRefused(
-            f"config: unknown key '{unknown[0]}'; a launch may set {', '.join(LAUNCH_KEYS)}"
+            f"config: unknown key '{unknown[0]}'; a launch may set "
+            f"{', '.join(LAUNCH_KEYS + WORKER_KEYS)}"
         )
+    gpus = given.pop("gpus", 1)
     if not given.get("model"):
         given["model"] = settings.PATCHWISE_BASE_MODEL
     if not given.get("adapter"):
@@ -97,7 +102,29 @@ def resolve_config(config: dict[str, Any] | None) -> dict[str, Any]:
     except (EngineError, TypeError) as error:
         raise JobRefused(str(error)) from None
     values = engine_config.to_dict()
-    return {key: values[key] for key in LAUNCH_KEYS}
+    check_gpus(gpus, batch_size=values["batch_size"])
+    return {key: values[key] for key in LAUNCH_KEYS} | {"gpus": gpus}
+
+
+def worker_gpus() -> int:
+    return settings.PATCHWISE_WORKER_GPUS
+
+
+def check_gpus(gpus: Any, *, batch_size: int) -> None:
+    """Refuse a ``gpus`` the gpu workers cannot give, or one that would leave a GPU idle."""
+    if not isinstance(gpus, int) or isinstance(gpus, bool) or gpus < 1:
+        raise JobRefused(f"config: 'gpus' must be a whole number, 1 or more (got {gpus!r})")
+    if gpus > worker_gpus():
+        raise JobRefused(
+            f"config: 'gpus' is {gpus} but a gpu worker has {worker_gpus()} "
+            f"(PATCHWISE_WORKER_GPUS={worker_gpus()}): ask for at most {worker_gpus()}, or run "
+            "the gpu worker on a node with more GPUs and raise PATCHWISE_WORKER_GPUS"
+        )
+    if batch_size < gpus:
+        raise JobRefused(
+            f"config: 'batch_size' ({batch_size}) is below 'gpus' ({gpus}): every GPU takes a "
+            f"share of each step's pairs, so use a batch_size of at least {gpus}"
+        )
 
 
 def check_model_folder(path: str) -> None:

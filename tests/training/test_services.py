@@ -101,6 +101,22 @@ def test_launch_is_refused_with_a_reason(project, curator, model_folder, tmp_pat
     assert TrainingJob.objects.count() == 0
 
 
+def test_a_job_asks_for_gpus_up_to_what_its_worker_has(project, curator, model_folder, settings):
+    settings.PATCHWISE_WORKER_GPUS = 2
+    assert enqueue(project, curator).config["gpus"] == 1  # the default, shown
+    assert enqueue(project, curator, gpus=2).config["gpus"] == 2
+
+    with pytest.raises(services.JobRefused, match=r"'gpus' is 4 but a gpu worker has 2 .*=2"):
+        enqueue(project, curator, gpus=4)
+    with pytest.raises(services.JobRefused, match="'gpus' must be a whole number"):
+        enqueue(project, curator, gpus="2")
+    with pytest.raises(services.JobRefused, match="'gpus' must be a whole number"):
+        enqueue(project, curator, gpus=0)
+    with pytest.raises(services.JobRefused, match=r"'batch_size' \(1\) is below 'gpus' \(2\)"):
+        enqueue(project, curator, gpus=2, batch_size=1)
+    assert TrainingJob.objects.count() == 2
+
+
 def test_annotators_cannot_launch_or_cancel(project, curator, annotator, model_folder):
     with pytest.raises(PermissionDenied):
         enqueue(project, annotator)
