@@ -9,7 +9,7 @@ their plans for the session, so they are planned once per connection.
 
 `annotate/services/queue_sql.py` calls them on PostgreSQL and runs the same steps as separate
 statements on SQLite (the embedded default for one person). A change to either must change both:
-the queue tests run the functions, test_commands runs the SQLite steps.
+tests/annotate/test_queue.py runs on both.
 """
 
 from django.db import migrations

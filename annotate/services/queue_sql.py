@@ -8,9 +8,10 @@ judge_steps): the twin.
 
 The two must stay equal. Each step of a function is a statement of its twin, in the same order,
 with the same outcomes ("created", "exists", "taken", "full", "labelled", "forbidden",
-"missing"); a change to one is made to the other in the same commit. The queue tests run the
-functions on PostgreSQL, test_commands runs the twin on SQLite. Either way the path is plain
-SQL: compiling these queries through the ORM cost more CPU than running them
+"missing"); a change to one is made to the other in the same commit.
+tests/annotate/test_queue.py runs on PostgreSQL (the functions) and again, in a subprocess, on
+SQLite (the twin), so both must take the same branches to the same outcomes. Either way the path
+is plain SQL: compiling these queries through the ORM cost more CPU than running them
 (bench/queue_bench.py). Table names come from the models' _meta.
 """
 

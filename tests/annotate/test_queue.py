@@ -1,9 +1,13 @@
 """The annotation queue: leases, overlap, expiry, repeats, conflicts, undo, restricted projects."""
 
+import os
 import random
+import subprocess
+import sys
 import threading
 from collections import Counter
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -184,6 +188,77 @@ def test_sides_are_randomised_and_recorded(project, annotator):
     sides = Counter(Judgment.objects.values_list("shown_left", flat=True))
     # Both sides show up on the left (all 40 the same way: odds 1 in 2**39).
     assert set(sides) == {"a", "b"} and sides.total() == 40
+
+
+def test_an_own_expired_lease_is_renewed_in_place_and_may_still_judge(project, annotator):
+    (comparison,) = make_pairs(project, 1)
+    lease_next_comparison(project=project, annotator=annotator.user)
+    Lease.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
+    assert lease_next_comparison(project=project, annotator=annotator.user)[0] == comparison
+    assert Lease.objects.get().expires_at > timezone.now()
+    Lease.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
+    # Nobody else holds it: the expired lease does not stand in the way of the judgment.
+    judgment_submit(comparison=comparison, annotator=annotator.user, choice="a")
+    assert Comparison.objects.get(pk=comparison.pk).judgment_count == 1
+
+
+def test_a_comparison_whose_overlap_was_lowered_under_a_live_lease_is_full(make_user):
+    project = project_create(name="Double", slug="double", overlap=2)
+    (comparison,) = make_pairs(project, 1)
+    first, second = make_user("ann1"), make_user("ann2")
+    lease_next_comparison(project=project, annotator=first)
+    lease_next_comparison(project=project, annotator=second)
+    project_update(project=project, overlap=1)
+    judgment_submit(comparison=comparison, annotator=first, choice="a")
+    with pytest.raises(ComparisonTaken, match="has all its judgments"):
+        judgment_submit(comparison=comparison, annotator=second, choice="b")
+    assert Comparison.objects.get(pk=comparison.pk).judgment_count == 1
+
+
+def test_only_members_and_curators_judge_in_a_restricted_project(curator, annotator):
+    project = project_create(name="Secret", slug="secret", restricted=True)
+    first, second = make_pairs(project, 2)
+    with pytest.raises(PermissionDenied, match="restricted to its members"):
+        judgment_submit(comparison=first.pk, annotator=annotator.user, choice="a")
+    judgment_submit(comparison=first.pk, annotator=curator.user, choice="a")
+    project_update(project=project, members=[annotator.user], actor=curator.user)
+    judgment_submit(comparison=second.pk, annotator=annotator.user, choice="b")
+    assert Judgment.objects.count() == 2
+
+
+def test_a_labelled_or_missing_comparison_cannot_be_judged(project, annotator):
+    from annotate.services import case_create, comparison_create, response_create
+
+    case = case_create(project=project, prompt="Boots?", source="test")
+    chosen = response_create(case=case, text="30 days.", origin="imported")
+    rejected = response_create(case=case, text="7 days.", origin="imported")
+    labelled = comparison_create(case=case, response_a=chosen, response_b=rejected, label="a")
+    with pytest.raises(ComparisonTaken, match="imported already labelled"):
+        judgment_submit(comparison=labelled.pk, annotator=annotator.user, choice="b")
+    with pytest.raises(Comparison.DoesNotExist):
+        judgment_submit(comparison=labelled.pk + 1000, annotator=annotator.user, choice="b")
+    assert not Judgment.objects.exists()
+
+
+def test_the_queue_takes_the_same_branches_on_the_embedded_sqlite(tmp_path):
+    """On SQLite the queue runs queue_sql's twin of the PL/pgSQL functions, statement by
+    statement. Every test in this file runs there as well, but the concurrent one: SQLite
+    serialises writers and is for one person."""
+    env = {k: v for k, v in os.environ.items() if k != "TEST_DATABASE_NAME"}
+    env |= {"DATABASE_URL": "", "PATCHWISE_VAR_DIR": str(tmp_path)}  # no URL: SQLite
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"),
+            *("-p", "tests.annotate.on_sqlite", __file__, "-k", "not concurrent and not sqlite"),
+        ],
+        cwd=Path(__file__).resolve().parents[2],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    ran = len([name for name in globals() if name.startswith("test_")]) - 2
+    assert f"{ran} passed, 3 deselected" in done.stdout  # the concurrent two and this
 
 
 def _label_concurrently(project, users, results, errors):
