@@ -72,7 +72,7 @@ def download_adapter(request: HttpRequest, job_id: int):
     response = FileResponse(
         path.open("rb"),
         as_attachment=True,
-        filename=f"{job.project.slug}-job{job.pk}-adapter.zip",
+        filename=artifacts.download_name(job),
         content_type="application/zip",
     )
     response["X-Checksum-SHA256"] = job.artifact_sha256

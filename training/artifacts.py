@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -33,12 +34,26 @@ TOKENIZER_FILES = (
 )
 
 
+DATA_FILE = "data-snapshot.json"
+# Every entry readable by whoever unzips it (rw-r--r--), whatever the umask of the worker was.
+ENTRY_MODE = 0o100644 << 16
+
+
 class ArtifactError(Exception):
     """The adapter file is missing or does not match its recorded sha256."""
 
 
 def job_dir(job_id: int) -> Path:
     return Path(settings.ARTIFACT_ROOT) / "jobs" / str(job_id)
+
+
+def patch_name(job: Any) -> str:
+    """The patch's name in the model card and in serving commands: ``<project>-job<id>``."""
+    return f"{job.project.slug}-job{job.pk}"
+
+
+def download_name(job: Any) -> str:
+    return f"{patch_name(job)}-adapter.zip"
 
 
 def sha256_file(path: Path) -> str:
@@ -61,24 +76,62 @@ def changed_tokenizer_files(adapter_dir: Path, base_dir: Path) -> list[Path]:
     return changed
 
 
+def adapter_file_hashes(adapter_dir: Path) -> dict[str, str]:
+    """sha256 of each adapter weights file (the patch, and ``combined/`` when there is one),
+    keyed by its path in the zip: what a server loads, checkable after unzipping."""
+    names = ["adapter_model.safetensors", f"{COMBINED}/adapter_model.safetensors"]
+    return {
+        name: sha256_file(adapter_dir / name) for name in names if (adapter_dir / name).is_file()
+    }
+
+
+def data_snapshot_bytes(job: Any) -> bytes:
+    """The job's data snapshot in the canonical form its sha256 is taken of (so that
+    ``sha256sum data-snapshot.json`` prints the job's data sha256)."""
+    from training.services import snapshot_canonical_json
+
+    snapshot = job.data_snapshot or {}
+    text = snapshot_canonical_json(
+        pairs=snapshot.get("pairs") or [], eval_items=snapshot.get("eval") or []
+    )
+    return text.encode()
+
+
+def _zip_entry(name: str) -> zipfile.ZipInfo:
+    entry = zipfile.ZipInfo(name, date_time=time.gmtime()[:6])
+    entry.external_attr = ENTRY_MODE
+    entry.compress_type = zipfile.ZIP_DEFLATED
+    return entry
+
+
 def write_adapter_zip(
-    *, job: Any, adapter_dir: Path, report: dict[str, Any] | None
+    *,
+    job: Any,
+    adapter_dir: Path,
+    report: dict[str, Any] | None,
+    metrics: dict[str, Any] | None = None,
 ) -> tuple[str, str]:
-    """Zip the adapter with its model card into the job's folder; (path under ARTIFACT_ROOT,
-    sha256). The zip appears under its final name only once it is complete."""
+    """Zip the adapter with its model card and data snapshot into the job's folder; (path under
+    ARTIFACT_ROOT, sha256). ``metrics`` are the last step's (the job row has none yet while the
+    worker writes this). The zip appears under its final name only once it is complete."""
     folder = job_dir(job.pk)
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / "adapter.zip"
     partial = folder / "adapter.zip.part"
-    card = model_card(job=job, report=report)
+    report = dict(report or {})
+    report.setdefault("files_sha256", adapter_file_hashes(adapter_dir))
+    card = model_card(job=job, report=report, metrics=metrics)
     files = [adapter_dir / name for name in ADAPTER_FILES + REPORT_FILES]
     files += changed_tokenizer_files(adapter_dir, Path(job.base_model))
     files += [adapter_dir / COMBINED / name for name in ADAPTER_FILES]  # on a deployed adapter
-    with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+    with zipfile.ZipFile(partial, "w") as archive:
         for file in files:
             if file.is_file():
-                archive.write(file, arcname=file.relative_to(adapter_dir).as_posix())
-        archive.writestr("README.md", card)
+                entry = _zip_entry(file.relative_to(adapter_dir).as_posix())
+                with file.open("rb") as source, archive.open(entry, "w") as target:
+                    shutil.copyfileobj(source, target, 1 << 20)
+        archive.writestr(_zip_entry(DATA_FILE), data_snapshot_bytes(job))
+        archive.writestr(_zip_entry("README.md"), card)
     with partial.open("rb") as handle:
         os.fsync(handle.fileno())
     os.replace(partial, final)
@@ -121,14 +174,36 @@ def _cell(text: Any, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def model_card(*, job: Any, report: dict[str, Any] | None) -> str:
+METRIC_KEYS = (
+    "loss",
+    "rewards/margins",
+    "rewards/accuracies",
+    "rewards/chosen",
+    "rewards/rejected",
+    "logps/chosen",
+    "logps/rejected",
+    "nll",
+)
+
+
+def _verdict(row: dict[str, Any]) -> str:
+    """A regression prompt is judged by whether its answer changed, the others by fixed."""
+    if row.get("kind") == "regression":
+        return "changed" if row.get("changed") else "unchanged"
+    return {True: "fixed", False: "not fixed"}.get(row.get("fixed"), "-")
+
+
+def model_card(
+    *, job: Any, report: dict[str, Any] | None, metrics: dict[str, Any] | None = None
+) -> str:
     report = report or {}
-    name = f"{job.project.slug}-job{job.pk}"
+    name = patch_name(job)
     config = job.config
     summary = report.get("summary", {})
     training = report.get("training", {})
-    metrics = job.latest_metrics or {}
+    metrics = metrics if metrics is not None else (job.latest_metrics or {})
     model_identity = report.get("model", {}).get("identity", "")
+    hashes = report.get("files_sha256") or {}
     lines = [
         f"# {name}: a Patchwise LoRA patch",
         "",
@@ -146,6 +221,23 @@ def model_card(*, job: Any, report: dict[str, Any] | None) -> str:
         f"- Stopped: {training.get('stopped_because', '-')}",
         f"- Mitigation: {training.get('mitigation', '-')}",
         "",
+        "## Checksums",
+        "",
+    ]
+    for file, digest in hashes.items():
+        lines.append(f"- `{file}` sha256: `{digest}`")
+    lines += [
+        "",
+        f"`{DATA_FILE}` is the data snapshot the patch was trained and evaluated on, in the "
+        "canonical form its hash is taken of (the pairs' prompt, chosen and rejected; the eval "
+        "prompts' fields the engine reads; JSON with sorted keys, no spaces, UTF-8), so "
+        f"`sha256sum {DATA_FILE}` prints the data snapshot sha256 above.",
+        "",
+        "The zip's own sha256 cannot be written inside the zip (writing it would change the "
+        f"zip). It is on job {job.pk}'s page in Patchwise, in `GET /api/v1/jobs/{job.pk}` as "
+        "`artifact_sha256`, and in the download's `X-Checksum-SHA256` header; check it with "
+        f"`sha256sum {download_name(job)}`.",
+        "",
         "## Config",
         "",
         "```json",
@@ -154,31 +246,24 @@ def model_card(*, job: Any, report: dict[str, Any] | None) -> str:
         "",
         "## Metrics (last step)",
         "",
-        "| metric | value |",
-        "|---|---|",
     ]
-    for key in (
-        "loss",
-        "rewards/margins",
-        "rewards/accuracies",
-        "rewards/chosen",
-        "rewards/rejected",
-        "nll",
-    ):
-        if key in metrics:
-            lines.append(f"| {key} | {metrics[key]:.4f} |")
+    recorded = [key for key in METRIC_KEYS if isinstance(metrics.get(key), int | float)]
+    if recorded:
+        lines += ["| metric | value |", "|---|---|"]
+        lines += [f"| {key} | {metrics[key]:.4f} |" for key in recorded]
+    else:
+        lines.append("No training step was recorded.")
     lines += ["", "## Evaluation (greedy answers before and after the patch)", ""]
     for kind, counts in summary.items():
         if kind == "regression":
             lines.append(f"- {kind}: {counts['unchanged']}/{counts['total']} unchanged")
         else:
             lines.append(f"- {kind}: {counts['fixed']}/{counts['total']} fixed")
-    lines += ["", "| kind | prompt | before | after | fixed |", "|---|---|---|---|---|"]
+    lines += ["", "| kind | prompt | before | after | verdict |", "|---|---|---|---|---|"]
     for row in report.get("eval", []):
-        fixed = {True: "yes", False: "no", None: "-"}[row.get("fixed")]
         lines.append(
             f"| {row['kind']} | {_cell(row['prompt'])} | {_cell(row['before'])} | "
-            f"{_cell(row['after'])} | {fixed} |"
+            f"{_cell(row['after'])} | {_verdict(row)} |"
         )
     stacked = report.get("stacked_on_adapter") or {}
     if stacked.get("combined"):
@@ -210,9 +295,11 @@ def model_card(*, job: Any, report: dict[str, Any] | None) -> str:
     rank_flag = f" --max-lora-rank {max_rank}" if max_rank > 16 else ""
     lines += [
         "",
-        "With vLLM (unzip first; the base model must be the one named above):",
+        "The zip has no top folder: unzip it into one named after the patch, then serve that "
+        "folder with vLLM (the base model must be the one named above):",
         "",
         "```sh",
+        f"unzip {download_name(job)} -d {name}",
         f"vllm serve {job.base_model} --enable-lora --lora-modules {name}=./{folder}{rank_flag}",
         "```",
         "",

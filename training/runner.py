@@ -173,17 +173,19 @@ def run_claimed_job(job: TrainingJob) -> str:
         )
         progress.write(force=True)
         report = json.loads((staging / "report.json").read_text())
+        report["files_sha256"] = artifacts.adapter_file_hashes(staging)
         series = _series_from_metrics_file(staging / "metrics.json") or progress.series
+        last_values = {key: values[-1] for key, values in _last_values(series).items()}
+        latest = {**progress.latest, **last_values}
         artifact_path, sha256 = artifacts.write_adapter_zip(
-            job=job, adapter_dir=staging, report=report
+            job=job, adapter_dir=staging, report=report, metrics=latest
         )
         artifacts.keep_adapter_folder(job_id=job.pk, staging=staging)
-        latest = {key: values[-1] for key, values in _last_values(series).items()}
         services.job_succeed(
             job_id=job.pk,
             report=report,
             metrics_series=series,
-            latest_metrics={**progress.latest, **latest},
+            latest_metrics=latest,
             artifact_path=artifact_path,
             artifact_sha256=sha256,
         )

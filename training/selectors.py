@@ -72,6 +72,7 @@ def job_api_payload(job: TrainingJob) -> dict[str, Any]:
         "started_at": job.started_at,
         "finished_at": job.finished_at,
         "artifact_sha256": job.artifact_sha256 or None,
+        "files_sha256": (job.report or {}).get("files_sha256"),
         "summary": (job.report or {}).get("summary"),
         "stopped_because": ((job.report or {}).get("training") or {}).get("stopped_because"),
     }

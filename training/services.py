@@ -64,11 +64,13 @@ def stale_after_seconds() -> float:
 # ---------------------------------------------------------------------------------- launching
 
 
-def snapshot_hash(*, pairs: list[dict[str, Any]], eval_items: list[dict[str, Any]]) -> str:
-    """sha256 of what the engine trains and evaluates on, in a canonical JSON form.
+def snapshot_canonical_json(
+    *, pairs: list[dict[str, Any]], eval_items: list[dict[str, Any]]
+) -> str:
+    """What the engine trains and evaluates on, as canonical JSON (the adapter zip ships it).
 
     Only the fields the engine reads count (ids and timestamps do not), so the same labels give
-    the same hash in any project or database.
+    the same text in any project or database.
     """
     canonical = {
         "pairs": [{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs],
@@ -76,7 +78,12 @@ def snapshot_hash(*, pairs: list[dict[str, Any]], eval_items: list[dict[str, Any
             {k: e.get(k) for k in ("prompt", "expected", "kind", "topic")} for e in eval_items
         ],
     }
-    text = json.dumps(canonical, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return json.dumps(canonical, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+def snapshot_hash(*, pairs: list[dict[str, Any]], eval_items: list[dict[str, Any]]) -> str:
+    """sha256 of the snapshot's canonical JSON (UTF-8)."""
+    text = snapshot_canonical_json(pairs=pairs, eval_items=eval_items)
     return hashlib.sha256(text.encode()).hexdigest()
 
 

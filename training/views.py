@@ -88,6 +88,6 @@ def job_download(request: HttpRequest, job_id: int) -> HttpResponse:
     return FileResponse(
         path.open("rb"),
         as_attachment=True,
-        filename=f"{job.project.slug}-job{job.pk}-adapter.zip",
+        filename=artifacts.download_name(job),
         content_type="application/zip",
     )

@@ -1,7 +1,9 @@
 """Job pages and the JSON API without a worker: permissions, refusals, the report, downloads."""
 
+import hashlib
 import io
 import json
+import re
 import zipfile
 
 import pytest
@@ -172,7 +174,55 @@ def test_download_is_a_zip_with_adapter_and_model_card(curator_client, finished_
     assert finished_job.data_sha256 in card
     assert "--enable-lora --lora-modules shop-job" in card
     assert "PeftModel.from_pretrained" in card
-    assert "| flagged | Return Ridge hiking boots? | 7 days. | 7 days. | no |" in card
+    assert "| flagged | Return Ridge hiking boots? | 7 days. | 7 days. | not fixed |" in card
+    # A regression prompt is unchanged or changed, never "fixed".
+    assert "| regression | Cedar tent warranty? | 5 years. | 2 years. | changed |" in card
+    # Whoever unzips it can read every file (the worker's umask is not theirs).
+    assert {oct(info.external_attr >> 16 & 0o777) for info in archive.infolist()} == {"0o644"}
+
+
+def test_the_model_cards_commands_and_checksums_work_on_the_unzipped_files(
+    curator_client, finished_job, tmp_path, monkeypatch
+):
+    response = curator_client.get(f"/api/v1/jobs/{finished_job.pk}/adapter.zip")
+    zipped = b"".join(response.streaming_content)
+    archive = zipfile.ZipFile(io.BytesIO(zipped))
+    card = archive.read("README.md").decode()
+    name = f"shop-job{finished_job.pk}"
+    filename = response["Content-Disposition"].split('filename="')[1].rstrip('"')
+
+    # Follow the card: unzip where it says, then the folder the serve command names is there.
+    unzip = re.search(r"^unzip (\S+) -d (\S+)$", card, re.M)
+    assert unzip and unzip.group(1) == filename
+    archive.extractall(tmp_path / unzip.group(2))
+    served = re.search(rf"--lora-modules {name}=\./(\S+)", card).group(1)
+    assert (tmp_path / served / "adapter_config.json").is_file()
+    loaded = re.search(r'PeftModel.from_pretrained\(base, "\./(.+)"\)', card).group(1)
+    assert (tmp_path / loaded / "adapter_model.safetensors").is_file()
+
+    # The adapter file's sha256 is in the card; the zip's is beside it (page, API, header).
+    weights = hashlib.sha256(b"weights").hexdigest()
+    assert f"`adapter_model.safetensors` sha256: `{weights}`" in card
+    zip_sha = hashlib.sha256(zipped).hexdigest()
+    assert zip_sha not in card and "cannot be written inside the zip" in card
+    assert response["X-Checksum-SHA256"] == zip_sha
+    status = curator_client.get(f"/api/v1/jobs/{finished_job.pk}").json()
+    assert status["artifact_sha256"] == zip_sha
+    page = curator_client.get(reverse("training:job_detail", args=[finished_job.pk]))
+    assert zip_sha in page.content.decode()
+
+    # The card's recipe for the data snapshot hash gives the job's hash.
+    assert "sha256sum data-snapshot.json" in card
+    snapshot = archive.read("data-snapshot.json")
+    assert hashlib.sha256(snapshot).hexdigest() == finished_job.data_sha256
+    assert json.loads(snapshot)["pairs"][0]["chosen"] == "30 days."
+
+
+def test_the_model_card_lists_the_last_steps_metrics(finished_job):
+    card = artifacts.model_card(job=finished_job, report=REPORT, metrics={"loss": 0.25, "nll": 1})
+    assert "| loss | 0.2500 |" in card and "| nll | 1.0000 |" in card
+    empty = artifacts.model_card(job=finished_job, report=REPORT, metrics={})
+    assert "No training step was recorded." in empty
 
 
 def test_a_patch_on_a_deployed_adapter_ships_both_as_one_lora(

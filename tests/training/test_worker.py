@@ -66,7 +66,11 @@ def test_launch_train_download_and_the_adapter_fixes_the_flagged_prompt(
     assert download.status_code == 200
     folder = tmp_path / "unzipped"
     zipfile.ZipFile(io.BytesIO(b"".join(download.streaming_content))).extractall(folder)
-    assert (folder / "README.md").read_text().count(state["data"]["sha256"]) == 1
+    card = (folder / "README.md").read_text()
+    assert card.count(state["data"]["sha256"]) == 1
+    # The last step's metrics are in the card (the worker writes it before the job row has them).
+    metrics = card.split("## Metrics (last step)")[1].split("##")[0]
+    assert "| loss |" in metrics and "| rewards/margins |" in metrics
 
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
