@@ -111,7 +111,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     model_dir = args.model
     if model_dir is None:
-        from training.engine.demo import build_demo_model
+        from training.demo import build_demo_model
 
         model_dir = Path(tempfile.mkdtemp(prefix="demo-model-"))
         scenario = build_demo_model(model_dir)

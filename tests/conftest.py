@@ -22,10 +22,10 @@ CHROMIUM = os.environ.get("PATCHWISE_CHROMIUM", "/usr/bin/chromium")
 
 
 def cached_demo_model() -> Path:
-    """The demo model folder, built by training.engine.demo on first use and kept between
+    """The demo model folder, built by training.demo on first use and kept between
     sessions: one build per version of demo.py, under a file lock, so parallel sessions and
     every test package (engine, jobs, rounds, bench) share a single build."""
-    from training.engine import demo
+    from training import demo
 
     prebuilt = os.environ.get(
         "PATCHWISE_DEMO_MODEL"

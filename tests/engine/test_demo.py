@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from training.engine.__main__ import main
-from training.engine.demo import DemoScenario
+from training.demo import DemoScenario
 from training.engine.evaluate import generate_greedy, generate_greedy_ids
 from training.engine.modeling import LoadedBase, load_base
 
@@ -91,7 +91,7 @@ def test_same_seed_same_scenario(demo):
     """The scenario is a function of the seed (checked without a second model build)."""
     import random
 
-    from training.engine.demo import demo_catalog, demo_faq, demo_split
+    from training.demo import demo_catalog, demo_faq, demo_split
 
     def split(seed):
         rng = random.Random(seed)

@@ -126,7 +126,7 @@ def _run_train(args: argparse.Namespace) -> int:
 # ``add_arguments(parser)`` and ``run(args) -> int``; imported only when chosen (torch is slow).
 PLUGGED_COMMANDS = {
     "generate": ("training.engine.generate", "sample answers from a model"),
-    "demo": ("training.engine.demo", "build the demo model and its scenario"),
+    "demo": ("training.demo", "build the demo model and its scenario"),
 }
 
 

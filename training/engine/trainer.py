@@ -5,7 +5,8 @@
 In order: data (tokenize, truncate), model (attach the patch to the one model in memory),
 reference log-probs (once, cached on disk), greedy answers before training, the loop (DPO loss
 + SFT term + retain term, a check of the flagged prompts after every epoch), answers after,
-and saving (adapter, metrics.json, report.json — complete files only).
+and saving (adapter, metrics.json, report.json — complete files only). What report.json says is
+built in report.py from what this module measured.
 """
 
 from __future__ import annotations
@@ -32,19 +33,13 @@ from training.engine.data import (
     parse_eval_items,
 )
 from training.engine.errors import Cancelled, EngineError
-from training.engine.evaluate import (
-    fit_to_context,
-    generate_greedy,
-    generate_greedy_ids,
-    is_fixed,
-    regression_coverage,
-    summarize,
-)
+from training.engine.evaluate import fit_to_context, generate_greedy, generate_greedy_ids, is_fixed
 from training.engine.logprobs import completion_logps_concat, pair_logps
 from training.engine.lora import Patch
 from training.engine.losses import preference_losses, reward_metrics
 from training.engine.modeling import LoadedBase, context_length, load_base
 from training.engine.refcache import RefLogpCache
+from training.engine.report import build_report
 
 ProgressCallback = Callable[[dict[str, Any]], None]
 OUTPUT_FILES = ("adapter_config.json", "adapter_model.safetensors", "metrics.json", "report.json")
@@ -63,8 +58,20 @@ class TrainResult:
     files: list[Path] = field(default_factory=list)
 
 
-class _Run:
-    """Progress reporting and cancellation, checked at every step of every phase."""
+@dataclass
+class LoopResult:
+    """What the DPO loop hands to the report: its series and why it stopped."""
+
+    metrics: dict[str, list[float]]  # per-step series, TRL names
+    epoch_checks: list[dict[str, Any]]  # flagged prompts fixed after each epoch
+    steps: int
+    stopped_reason: str  # "all_flagged_fixed" | "epochs_done"
+    stopped_epoch: int
+
+
+class ProgressHooks:
+    """The caller's progress callback and cancel check, both run by ``tick`` at every step of
+    every phase (a cancel raises Cancelled there, so no phase runs long past one)."""
 
     def __init__(
         self, on_progress: ProgressCallback | None, should_cancel: Callable[[], bool] | None
@@ -97,7 +104,7 @@ def train(
     validate_config(config)
     check_out_dir(Path(out_dir), adapter=config.adapter)
     items = parse_eval_items(eval_items) if eval_items else []
-    run = _Run(on_progress, should_cancel)
+    hooks = ProgressHooks(on_progress, should_cancel)
     if base is None:
         base = load_base(config.model)
     _seed_everything(config.seed)
@@ -112,7 +119,7 @@ def train(
     )
     patch = Patch(base, config)
     try:
-        return _train_patch(config, patch, encoded, items, Path(out_dir), run)
+        return _train_patch(config, patch, encoded, items, Path(out_dir), hooks)
     finally:
         patch.detach()
 
@@ -154,20 +161,20 @@ def _train_patch(
     pairs: list[EncodedPair],
     items: list[EvalItem],
     out_dir: Path,
-    run: _Run,
+    hooks: ProgressHooks,
 ) -> TrainResult:
-    base, model, tokenizer = patch.base, patch.model, patch.base.tokenizer
+    model, tokenizer = patch.model, patch.base.tokenizer
     pad_id = tokenizer.pad_token_id
     timings: dict[str, float] = {}
 
     # ---- reference log-probs: once per pair, before training, cached across jobs
     started = time.perf_counter()
-    ref_chosen, ref_rejected, cache_hits = _reference_logps(config, patch, pairs, run)
+    ref_chosen, ref_rejected, cache_hits = _reference_logps(config, patch, pairs, hooks)
     timings["reference_s"] = time.perf_counter() - started
 
     # ---- answers before training; the regression answers become the retain targets
     started = time.perf_counter()
-    before_ids = _answer_ids(patch, items, config, run, phase="eval_before")
+    before_ids = _answer_ids(patch, items, config, hooks, phase="eval_before")
     before = [tokenizer.decode(ids, skip_special_tokens=True) for ids in before_ids]
     regression = [
         (item, ids)
@@ -188,8 +195,71 @@ def _train_patch(
     optimizer = torch.optim.AdamW(
         patch.trainable_parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
-    warmup_nll = _sft_warmup(config, patch, pairs, optimizer, run)
+    warmup_nll = _sft_warmup(config, patch, pairs, optimizer, hooks)
     timings["sft_warmup_s"] = time.perf_counter() - started
+    loop = _dpo_loop(
+        config, patch, pairs, ref_chosen, ref_rejected, retain, flagged, optimizer, hooks
+    )
+    timings["train_s"] = time.perf_counter() - started
+
+    # ---- the patched model: log-probs per pair and answers after training
+    started = time.perf_counter()
+    policy_chosen, policy_rejected = _policy_logps(config, model, pairs, pad_id, hooks)
+    after_ids = _answer_ids(patch, items, config, hooks, phase="eval_after")
+    after = [tokenizer.decode(ids, skip_special_tokens=True) for ids in after_ids]
+    timings["eval_after_s"] = time.perf_counter() - started
+
+    report = build_report(
+        config=config,
+        patch=patch,
+        pairs=pairs,
+        items=items,
+        before=before,
+        after=after,
+        ref_chosen=ref_chosen,
+        ref_rejected=ref_rejected,
+        policy_chosen=policy_chosen,
+        policy_rejected=policy_rejected,
+        cache_hits=cache_hits,
+        retain_examples=len(retain),
+        warmup_nll=warmup_nll,
+        loop=loop,
+        flagged=flagged,
+        timings=timings,
+    )
+
+    # ---- saving: everything goes to a staging folder, then each file is renamed into place
+    hooks.tick("saving", 0, 1)
+    files = _save(patch, out_dir, loop.metrics, report)
+    hooks.tick("saving", 1, 1)
+    return TrainResult(
+        out_dir=out_dir,
+        adapter_files=[out_dir / "adapter_config.json", out_dir / "adapter_model.safetensors"],
+        metrics_path=out_dir / "metrics.json",
+        report_path=out_dir / "report.json",
+        metrics=loop.metrics,
+        report=report,
+        stopped_reason=loop.stopped_reason,
+        stopped_epoch=loop.stopped_epoch,
+        files=files,
+    )
+
+
+def _dpo_loop(
+    config: TrainConfig,
+    patch: Patch,
+    pairs: list[EncodedPair],
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    retain: list[tuple[list[int], list[int]]],
+    flagged: list[EvalItem],
+    optimizer: torch.optim.Optimizer,
+    hooks: ProgressHooks,
+) -> LoopResult:
+    """DPO loss + SFT term + retain term, step by step; after every epoch, stop early once
+    every flagged prompt gives its expected answer (``epochs`` is a budget)."""
+    model, tokenizer = patch.model, patch.base.tokenizer
+    pad_id = tokenizer.pad_token_id
     steps_per_epoch = math.ceil(len(pairs) / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
     order_rng = random.Random(config.seed)
@@ -255,7 +325,7 @@ def _train_patch(
             }
             for name, value in step_metrics.items():
                 metrics.setdefault(name, []).append(value)
-            run.tick("train", step, total_steps, epoch=epoch, metrics=step_metrics)
+            hooks.tick("train", step, total_steps, epoch=epoch, metrics=step_metrics)
 
         # end of epoch: are all flagged prompts fixed yet? (--epochs is a budget)
         if config.early_stop and flagged:
@@ -267,7 +337,7 @@ def _train_patch(
                 for answer, item in zip(answers, flagged, strict=True)
             )
             epoch_checks.append({"epoch": epoch, "flagged_fixed": fixed, "flagged": len(flagged)})
-            run.tick(
+            hooks.tick(
                 "train",
                 step,
                 total_steps,
@@ -277,95 +347,17 @@ def _train_patch(
             if fixed == len(flagged):
                 stopped_reason, stopped_epoch = "all_flagged_fixed", epoch
                 break
-    timings["train_s"] = time.perf_counter() - started
-
-    # ---- the patched model: log-probs per pair and answers after training
-    started = time.perf_counter()
-    policy_chosen, policy_rejected = _policy_logps(config, model, pairs, pad_id, run)
-    after_ids = _answer_ids(patch, items, config, run, phase="eval_after")
-    after = [tokenizer.decode(ids, skip_special_tokens=True) for ids in after_ids]
-    timings["eval_after_s"] = time.perf_counter() - started
-
-    eval_rows = [
-        {
-            "line": item.line,
-            "prompt": item.prompt,
-            "kind": item.kind,
-            "expected": item.expected,
-            "topic": item.topic,
-            "tags": item.tags,
-            "before": answer_before,
-            "after": answer_after,
-            "fixed_before": is_fixed(answer_before, item.expected),
-            "fixed": is_fixed(answer_after, item.expected),
-            "changed": answer_after != answer_before,
-        }
-        for item, answer_before, answer_after in zip(items, before, after, strict=True)
-    ]
-    report = {
-        "model": {"path": str(base.path), "identity": base.identity},
-        "stacked_on_adapter": (
-            {"path": str(patch.deployed_path), "identity": patch.deployed_identity}
-            if patch.deployed_path
-            else None
-        ),
-        "config": config.to_dict() | {"target_modules": patch.targets},
-        "data": {
-            "pairs": len(pairs),
-            "truncated_pairs": sum(pair.truncated for pair in pairs),
-            "ref_cache_hits": cache_hits,
-            "ref_cache_misses": len(pairs) - cache_hits,
-            "retain_examples": len(retain),
-        },
-        "training": {
-            "steps": step,
-            "epochs_run": stopped_epoch,
-            "epoch_budget": config.epochs,
-            "stopped_epoch": stopped_epoch,
-            "stopped_reason": stopped_reason,
-            "stopped_because": _stop_explanation(stopped_reason, stopped_epoch, flagged, config),
-            "epoch_checks": epoch_checks,
-            "sft_warmup_epochs": config.sft_warmup_epochs,
-            "sft_warmup_nll": warmup_nll,
-            "mitigation": _mitigation(config),
-        },
-        "summary": summarize(eval_rows),
-        "regression_coverage": regression_coverage(items),
-        "timings": {name: round(value, 3) for name, value in timings.items()},
-        "pairs": [
-            {
-                "index": pair.index,
-                "line": pair.line,
-                "truncated": pair.truncated,
-                "ref_logp_chosen": ref_chosen[pair.index].item(),
-                "ref_logp_rejected": ref_rejected[pair.index].item(),
-                "policy_logp_chosen": policy_chosen[pair.index].item(),
-                "policy_logp_rejected": policy_rejected[pair.index].item(),
-            }
-            for pair in pairs
-        ],
-        "eval": eval_rows,
-    }
-
-    # ---- saving: everything goes to a staging folder, then each file is renamed into place
-    run.tick("saving", 0, 1)
-    files = _save(patch, out_dir, metrics, report)
-    run.tick("saving", 1, 1)
-    return TrainResult(
-        out_dir=out_dir,
-        adapter_files=[out_dir / "adapter_config.json", out_dir / "adapter_model.safetensors"],
-        metrics_path=out_dir / "metrics.json",
-        report_path=out_dir / "report.json",
+    return LoopResult(
         metrics=metrics,
-        report=report,
+        epoch_checks=epoch_checks,
+        steps=step,
         stopped_reason=stopped_reason,
         stopped_epoch=stopped_epoch,
-        files=files,
     )
 
 
 def _reference_logps(
-    config: TrainConfig, patch: Patch, pairs: list[EncodedPair], run: _Run
+    config: TrainConfig, patch: Patch, pairs: list[EncodedPair], hooks: ProgressHooks
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Reference (patch off) log-probs for every pair, from the cache where possible."""
     model_dtype = str(next(patch.model.parameters()).dtype)
@@ -376,7 +368,7 @@ def _reference_logps(
         todo = [pair for pair in pairs if pair.index not in cached]
         values = dict(cached)
         batches = range(0, len(todo), config.batch_size)
-        run.tick("reference", 0, len(batches), metrics={"ref_cache_hits": len(cached)})
+        hooks.tick("reference", 0, len(batches), metrics={"ref_cache_hits": len(cached)})
         for number, start in enumerate(batches, start=1):
             batch = todo[start : start + config.batch_size]
             with torch.inference_mode(), patch.reference() as reference_model:
@@ -394,7 +386,7 @@ def _reference_logps(
             ]
             cache.put_many(entries)
             values.update({pair.index: (chosen, rejected) for pair, chosen, rejected in entries})
-            run.tick("reference", number, len(batches), metrics={"ref_cache_hits": len(cached)})
+            hooks.tick("reference", number, len(batches), metrics={"ref_cache_hits": len(cached)})
     finally:
         cache.close()
     chosen = torch.tensor([values[pair.index][0] for pair in pairs], dtype=torch.float32)
@@ -403,7 +395,11 @@ def _reference_logps(
 
 
 def _policy_logps(
-    config: TrainConfig, model: torch.nn.Module, pairs: list[EncodedPair], pad_id: int, run: _Run
+    config: TrainConfig,
+    model: torch.nn.Module,
+    pairs: list[EncodedPair],
+    pad_id: int,
+    hooks: ProgressHooks,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     chosen = torch.zeros(len(pairs))
     rejected = torch.zeros(len(pairs))
@@ -415,23 +411,23 @@ def _policy_logps(
         index = torch.tensor([pair.index for pair in batch])
         chosen[index] = logps.chosen.float().cpu()
         rejected[index] = logps.rejected.float().cpu()
-        run.tick("eval_after", number, len(batches))
+        hooks.tick("eval_after", number, len(batches))
     return chosen, rejected
 
 
 def _answer_ids(
-    patch: Patch, items: list[EvalItem], config: TrainConfig, run: _Run, *, phase: str
+    patch: Patch, items: list[EvalItem], config: TrainConfig, hooks: ProgressHooks, *, phase: str
 ) -> list[list[int]]:
     """Greedy answers of the policy (the reference before training: the patch is still zero)."""
     answers: list[list[int]] = []
     chunk = 16
     for start in range(0, len(items), chunk):
-        run.tick(phase, start, len(items))
+        hooks.tick(phase, start, len(items))
         prompts = [item.prompt for item in items[start : start + chunk]]
         answers += generate_greedy_ids(
             patch.model, patch.base.tokenizer, prompts, config.max_new_tokens, batch_size=chunk
         )
-    run.tick(phase, len(items), len(items))
+    hooks.tick(phase, len(items), len(items))
     return answers
 
 
@@ -440,7 +436,7 @@ def _sft_warmup(
     patch: Patch,
     pairs: list[EncodedPair],
     optimizer: torch.optim.Optimizer,
-    run: _Run,
+    hooks: ProgressHooks,
 ) -> list[float]:
     """Plain SFT on the chosen answers (token-mean NLL), before DPO; returns each step's NLL.
 
@@ -471,31 +467,8 @@ def _sft_warmup(
             optimizer.step()
             losses.append(nll.item())
             _require_finite(patch, nll, len(losses), config)
-            run.tick("sft_warmup", len(losses), total, epoch=epoch, metrics={"nll": losses[-1]})
+            hooks.tick("sft_warmup", len(losses), total, epoch=epoch, metrics={"nll": losses[-1]})
     return losses
-
-
-def _mitigation(config: TrainConfig) -> str:
-    """In words, what kept the good answer likely: the report says which was used."""
-    parts = []
-    if config.sft_warmup_epochs:
-        parts.append(f"SFT warm-up on the chosen answers ({config.sft_warmup_epochs} epochs)")
-    if config.sft_weight:
-        parts.append(f"SFT term inside DPO (weight {config.sft_weight:g})")
-    return ", then ".join(parts) if parts else "none (DPO alone)"
-
-
-def _stop_explanation(reason: str, epoch: int, flagged: list[EvalItem], config: TrainConfig) -> str:
-    if reason == "all_flagged_fixed":
-        return f"all {len(flagged)} flagged prompts gave their expected answer after epoch {epoch}"
-    if not config.early_stop:
-        return f"ran the full budget of {config.epochs} epochs (early stopping is off)"
-    if not flagged:
-        return (
-            f"ran the full budget of {config.epochs} epochs: no flagged eval prompt with an "
-            "expected answer to check"
-        )
-    return f"ran the full budget of {config.epochs} epochs; not every flagged prompt was fixed"
 
 
 def _save(
