@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from training.engine.__main__ import main
 from training.demo import DemoScenario
+from training.engine.__main__ import main
 from training.engine.evaluate import generate_greedy, generate_greedy_ids
 from training.engine.modeling import LoadedBase, load_base
 
