@@ -11,5 +11,6 @@ COPY templates templates
 COPY static static
 COPY manage.py ./
 RUN pip install '.[train]' && DEBUG=1 python manage.py collectstatic --noinput
-# Migrations run once at start of the web container; workers wait for the database.
+# Run alone (`docker run`), the image migrates and serves; docker-compose.yml runs the
+# migrations as their own `migrate` service instead and starts web and the workers after it.
 CMD ["sh", "-c", "python manage.py migrate --noinput && gunicorn config.wsgi --bind 0.0.0.0:8000"]

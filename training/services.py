@@ -134,10 +134,22 @@ def check_gpus(gpus: Any, *, batch_size: int) -> None:
         )
 
 
+def missing_base_model_message(path: str) -> str:
+    """What to do when the configured base model is not there (a fresh docker compose)."""
+    return (
+        f"the base model folder {path} (PATCHWISE_BASE_MODEL) does not exist: set "
+        "PATCHWISE_BASE_MODEL to your HF-format model's folder (under docker compose, put it in "
+        "./models and use /models/NAME), or build the demo model there with "
+        f"`python -m training.engine demo --out {path}`"
+    )
+
+
 def check_model_folder(path: str) -> None:
     """Refuse a model path the worker could not read, without loading torch on the web host."""
     folder = Path(path).expanduser()
     config_file = folder / "config.json"
+    if not folder.is_dir() and path == settings.PATCHWISE_BASE_MODEL:
+        raise JobRefused(missing_base_model_message(path))
     if not folder.is_dir():
         raise JobRefused(f"model folder {path} does not exist or is not a folder")
     try:

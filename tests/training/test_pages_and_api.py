@@ -122,6 +122,27 @@ def test_launch_form_shows_the_refusal_on_the_page(curator_client, project, tmp_
     assert "Cannot launch: model folder" in response.content.decode()
 
 
+def test_a_missing_base_model_folder_is_named_with_what_to_do(
+    curator_client, project, tmp_path, settings
+):
+    """A fresh docker compose: PATCHWISE_BASE_MODEL points at a folder nothing created yet."""
+    missing = tmp_path / "artifacts" / "demo-model"
+    settings.PATCHWISE_BASE_MODEL = str(missing)
+    api = curator_client.post("/api/v1/projects/shop/jobs", {}, content_type="application/json")
+    assert api.status_code == 400
+    detail = api.json()["detail"]
+    assert f"base model folder {missing} (PATCHWISE_BASE_MODEL) does not exist" in detail
+    assert f"python -m training.engine demo --out {missing}" in detail
+    page = curator_client.post(
+        reverse("training:project_jobs", args=["shop"]),
+        {"model": str(missing), "epochs": 3, "beta": 0.1, "loss": "sigmoid", "sft_weight": 1,
+         "lr": 0.001, "lora_r": 16},
+    )  # fmt: skip
+    html = page.content.decode()
+    assert page.status_code == 400 and "(PATCHWISE_BASE_MODEL) does not exist" in html
+    assert TrainingJob.objects.count() == 0
+
+
 def test_launch_form_queues_a_job_and_opens_its_page(curator_client, project, model_folder):
     page = curator_client.get(reverse("training:project_jobs", args=["shop"]))
     assert str(model_folder) in page.content.decode()  # the default model is filled in
