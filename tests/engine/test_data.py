@@ -7,12 +7,14 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
+from tests.engine.conftest import build_tiny_tokenizer
 from training.engine.data import (
-    encode_completion,
+    encode_completions,
     encode_pairs,
     encode_prompt,
     parse_eval_items,
     read_jsonl,
+    turn_end_id,
     validate_pairs,
 )
 from training.engine.errors import EngineError
@@ -26,6 +28,11 @@ def tokenizer(tiny_model_dir: Path):
 @pytest.fixture(scope="module")
 def chat_tokenizer(tiny_chat_model_dir: Path):
     return AutoTokenizer.from_pretrained(tiny_chat_model_dir)
+
+
+@pytest.fixture(scope="module")
+def eot_tokenizer(eot_chat_model_dir: Path):
+    return AutoTokenizer.from_pretrained(eot_chat_model_dir)
 
 
 def test_plain_pair_follows_trl_token_convention(tokenizer) -> None:
@@ -46,7 +53,71 @@ def test_conversational_prompt_uses_the_chat_template(chat_tokenizer) -> None:
     text = chat_tokenizer.decode(ids)
     assert text == "<s><|user|>how long does shipping take?</s><|assistant|>"
     answer = [{"role": "assistant", "content": "three days"}]
-    assert chat_tokenizer.decode(encode_completion(chat_tokenizer, answer)) == "three days</s>"
+    prompt_ids, [answer_ids] = encode_completions(chat_tokenizer, messages, [answer])
+    assert prompt_ids == ids  # this template renders the prompt alone as it does before an answer
+    assert chat_tokenizer.decode(answer_ids) == "three days</s>"  # its turns close with eos
+
+
+def test_chat_answers_end_with_the_templates_end_of_turn_not_eos(eot_tokenizer) -> None:
+    messages = [{"role": "user", "content": "how long does shipping take?"}]
+    pairs = [
+        {
+            "prompt": messages,
+            "chosen": [{"role": "assistant", "content": "three days"}],
+            "rejected": "two years",  # a plain string answering messages: that turn's content
+        },
+        {"prompt": "shipping takes", "chosen": " three days", "rejected": " two years"},
+    ]
+    chat, plain = encode_pairs(eot_tokenizer, pairs, max_length=512, max_prompt_length=256)
+    assert eot_tokenizer.decode(chat.prompt_ids) == (
+        "<|begin_of_text|><|user|>how long does shipping take?<|eot|><|assistant|>"
+    )
+    assert eot_tokenizer.decode(chat.chosen_ids) == "three days<|eot|>"
+    assert eot_tokenizer.decode(chat.rejected_ids) == "two years<|eot|>"
+    whole = messages + [{"role": "assistant", "content": "three days"}]
+    rendered = eot_tokenizer.apply_chat_template(whole, tokenize=False)
+    assert (
+        chat.prompt_ids + chat.chosen_ids
+        == eot_tokenizer(rendered, add_special_tokens=False).input_ids
+    )
+    # plain pairs keep TRL's plain rule on the same tokenizer: the answer ends with eos
+    assert plain.chosen_ids[-1] == eot_tokenizer.eos_token_id
+    assert eot_tokenizer.decode(plain.chosen_ids) == " three days<|end_of_text|>"
+
+
+def test_the_prompt_is_cut_where_a_template_renders_it_differently(eot_tokenizer) -> None:
+    # like templates that end the generation prompt with a block the full conversation drops
+    eot_tokenizer = eot_tokenizer.__class__.from_pretrained(eot_tokenizer.name_or_path)
+    eot_tokenizer.chat_template = (
+        "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|eot|>{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|><|system|>{% endif %}"
+    )
+    messages = [{"role": "user", "content": "hello"}]
+    pair = {"prompt": messages, "chosen": "three days", "rejected": "two years"}
+    [encoded] = encode_pairs(eot_tokenizer, [pair], max_length=512, max_prompt_length=256)
+    assert eot_tokenizer.decode(encoded.prompt_ids) == "<|user|>hello<|eot|><|assistant|>"
+    assert eot_tokenizer.decode(encoded.chosen_ids) == "three days<|eot|>"
+    assert eot_tokenizer.decode(encode_prompt(eot_tokenizer, messages)).endswith("<|system|>")
+
+
+@pytest.mark.parametrize(
+    ("template", "end"),
+    [
+        ("eot", "<|eot|>"),  # Llama 3's shape
+        ("{% for m in messages %}{{ m['content'] }}<|eot|>\n{% endfor %}", "<|eot|>"),  # Qwen's
+        ("{% for m in messages %}{{ m['content'] }}\n<|eot|>{% endfor %}", "<|eot|>"),
+        ("{% for m in messages %}{{ m['content'] }}{{ eos_token }}{% endfor %}", "</s>"),
+        ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n\n{% endfor %}", None),
+        (None, None),
+    ],
+)
+def test_the_templates_end_of_turn_token_is_found(template: str | None, end: str | None) -> None:
+    tokenizer = build_tiny_tokenizer(end_of_turn=template == "eot")
+    if template != "eot":
+        tokenizer.add_special_tokens({"additional_special_tokens": ["<|eot|>"]})
+        tokenizer.chat_template = template
+    expected = tokenizer.convert_tokens_to_ids(end) if end else None
+    assert turn_end_id(tokenizer) == expected
 
 
 def test_conversational_prompt_without_template_still_renders(tokenizer) -> None:

@@ -124,3 +124,12 @@ def test_answers_end_at_the_generation_configs_end_of_turn_too(
     assert end_token_ids(base.model, base.tokenizer) == {base.tokenizer.eos_token_id}
     base.model.generation_config.eos_token_id = [base.tokenizer.eos_token_id, 7]
     assert end_token_ids(base.model, base.tokenizer) == {base.tokenizer.eos_token_id, 7}
+
+
+def test_answers_end_at_the_chat_templates_end_of_turn_even_if_the_config_omits_it(
+    eot_chat_model_dir: Path,
+):
+    base = load_base(eot_chat_model_dir)
+    eos, end_of_turn = base.tokenizer.eos_token_id, base.tokenizer.convert_tokens_to_ids("<|eot|>")
+    base.model.generation_config.eos_token_id = eos
+    assert end_token_ids(base.model, base.tokenizer) == {eos, end_of_turn}

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,8 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from training.engine import Cancelled, TrainConfig, load_base, train
-from training.engine.data import encode_pairs
+from training.engine.data import encode_pairs, encode_prompt
+from training.engine.generate import sample_candidates
 from training.engine.logprobs import pair_logps_concat
 
 PAIRS = [
@@ -284,3 +287,69 @@ def test_sft_warmup_raises_the_chosen_answer_before_dpo_and_the_report_says_so(
     )
     assert plain.report["training"]["mitigation"] == "SFT term inside DPO (weight 1)"
     assert plain.report["training"]["sft_warmup_nll"] == []
+
+
+# A chat model as Llama 3: its template closes a turn with <|eot|>, its eos is <|end_of_text|>.
+CHAT_QUESTION = [{"role": "user", "content": "what is the refund window?"}]
+CHAT_PAIRS = [{"prompt": CHAT_QUESTION, "chosen": "thirty days", "rejected": "two years"}]
+CHAT_EVAL = [{"prompt": CHAT_QUESTION, "expected": "thirty days", "kind": "flagged"}]
+
+
+def test_a_patched_chat_model_answers_and_stops_at_its_end_of_turn(
+    eot_chat_model_dir: Path, tmp_path: Path
+) -> None:
+    config = _config(eot_chat_model_dir, tmp_path, epochs=60, lr=2e-2, max_new_tokens=8)
+    result = train(config, pairs=CHAT_PAIRS, out_dir=tmp_path / "out", eval_items=CHAT_EVAL)
+    assert result.report["eval"][0]["fixed"]
+
+    # candidates sampled from the patch (rounds) end at the template's end-of-turn, also when
+    # the generation config does not list it
+    base = load_base(eot_chat_model_dir)
+    tokenizer = base.tokenizer
+    base.model.generation_config.eos_token_id = tokenizer.eos_token_id
+    candidates = sample_candidates(
+        base, [CHAT_QUESTION], n=3, temperature=0.3, adapter=str(tmp_path / "out")
+    )
+    assert candidates == [["thirty days"]]
+
+    # a server that stops only where the template ends a turn (llama.cpp, Ollama-style stop
+    # lists) gets the fixed answer and nothing after it
+    end_of_turn = tokenizer.convert_tokens_to_ids("<|eot|>")
+    patched = PeftModel.from_pretrained(base.model, tmp_path / "out").eval()
+    prompt = torch.tensor([encode_prompt(tokenizer, CHAT_QUESTION)])
+    output = patched.generate(
+        input_ids=prompt,
+        attention_mask=torch.ones_like(prompt),
+        max_new_tokens=12,
+        do_sample=False,
+        eos_token_id=[end_of_turn],
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    answer = output[0, prompt.shape[1] :].tolist()
+    assert tokenizer.decode(answer) == "thirty days<|eot|>"
+
+
+def test_reference_logps_cached_under_the_old_token_rule_are_not_reused(
+    eot_chat_model_dir: Path, tmp_path: Path
+) -> None:
+    # What the engine wrote before the rule was versioned: the key had no rule in it. The pair
+    # is planted under its current ids, the one case the ids alone could not tell apart.
+    base = load_base(eot_chat_model_dir)
+    [pair] = encode_pairs(base.tokenizer, CHAT_PAIRS, max_length=1024, max_prompt_length=512)
+    namespace = f"{base.identity}|None|{next(base.model.parameters()).dtype}"
+    old_key = hashlib.sha256(
+        f"{namespace}|{pair.prompt_ids}|{pair.chosen_ids}|{pair.rejected_ids}".encode()
+    ).hexdigest()
+    config = _config(eot_chat_model_dir, tmp_path, epochs=1, early_stop=False)
+    config.cache_dir().mkdir(parents=True)
+    with sqlite3.connect(config.cache_dir() / "ref_logps.sqlite3") as db:
+        db.execute("CREATE TABLE ref_logps (key TEXT PRIMARY KEY, chosen REAL, rejected REAL)")
+        db.execute("INSERT INTO ref_logps VALUES (?, -1.0, -1.0)", (old_key,))
+
+    result = train(config, pairs=CHAT_PAIRS, out_dir=tmp_path / "out", base=base)
+    assert result.report["data"]["ref_cache_hits"] == 0
+    [row] = result.report["pairs"]
+    with torch.no_grad():
+        fresh = pair_logps_concat(base.model, [pair], pad_id=base.tokenizer.pad_token_id)
+    assert row["ref_logp_chosen"] == pytest.approx(fresh.chosen.item(), abs=1e-4)
+    assert row["ref_logp_chosen"] != -1.0

@@ -1,10 +1,16 @@
 """Reading pairs and eval prompts, and turning them into token ids the way TRL does.
 
-Token convention (DESIGN.md): ``prompt_ids = tok(prompt).input_ids`` and
-``completion_ids = tok(completion, add_special_tokens=False).input_ids + [eos]``. A
-conversational prompt (a list of ``{"role", "content"}`` messages) is rendered with the
-tokenizer's chat template and a generation prompt; a tokenizer without a template gets a plain
-``role: content`` rendering so conversational files still work on tiny test models.
+Token convention (DESIGN.md, as TRL 1.16's DPOTrainer):
+
+- plain-string pairs: ``prompt_ids = tok(prompt).input_ids`` and
+  ``completion_ids = tok(completion, add_special_tokens=False).input_ids + [eos]``;
+- conversational pairs (the prompt is a list of ``{"role", "content"}`` messages): the chat
+  template renders prompt + assistant turn, and the prompt alone with the generation prompt;
+  the completion starts where the two token sequences diverge, and no eos is appended, so it
+  ends with whatever the template closes a turn with (``<|eot_id|>``, ``<|im_end|>``...).
+
+A tokenizer without a template gets a plain ``role: content`` rendering of the prompt and the
+plain-string rule for the answer, so conversational files still work on tiny test models.
 
 Long prompts keep their END (the question sits at the end of a long context); answers keep
 their start. A pair whose answer would lose every token is refused with its line number.
@@ -34,7 +40,7 @@ class EncodedPair:
     prompt_ids: list[int]
     chosen_ids: list[int]
     rejected_ids: list[int]
-    text_key: str  # hash of the pair's text: the reference log-prob cache is keyed by it
+    text_key: str  # hash of the pair's text (not its position)
     truncated: bool = False
 
 
@@ -181,26 +187,52 @@ def parse_eval_items(records: list[dict[str, Any]], *, source: str = "eval") -> 
 
 # ---------------------------------------------------------------------------- tokenizing
 
+# Bumped whenever the convention above changes the ids of a pair: reference log-probs cached
+# under another rule are then never reused. 2: conversational answers end with the template's
+# end-of-turn, as TRL 1.16 (1 appended eos to every answer).
+TOKENIZATION_RULE = 2
+
+
+def is_conversational(prompt: Prompt) -> bool:
+    return not isinstance(prompt, str)
+
+
+def _uses_template(tokenizer: Any, prompt: Prompt) -> bool:
+    return is_conversational(prompt) and bool(getattr(tokenizer, "chat_template", None))
+
+
+def _apply_template(tokenizer: Any, messages: list[dict[str, str]], *, generation: bool) -> str:
+    try:
+        return tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=generation
+        )
+    except Exception as error:  # noqa: BLE001 (templates raise what their authors chose)
+        roles = "/".join(message["role"] for message in messages)
+        what = "a prompt" if generation else "a conversation"
+        raise EngineError(
+            f"the model's chat template refuses {what} with roles {roles}: {first_line(error)}"
+        ) from None
+
+
+def _template_ids(tokenizer: Any, messages: list[dict[str, str]], *, generation: bool) -> list[int]:
+    # what apply_chat_template(tokenize=True) does: the template writes its own special tokens
+    text = _apply_template(tokenizer, messages, generation=generation)
+    return list(tokenizer(text, add_special_tokens=False).input_ids)
+
 
 def render_prompt(tokenizer: Any, prompt: Prompt) -> str:
     """The text the model sees before its answer; conversational prompts get the chat template."""
     if isinstance(prompt, str):
         return prompt
     if getattr(tokenizer, "chat_template", None):
-        try:
-            return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-        except Exception as error:  # noqa: BLE001 (templates raise what their authors chose)
-            roles = "/".join(message["role"] for message in prompt)
-            raise EngineError(
-                f"the model's chat template refuses a prompt with roles {roles}: "
-                f"{first_line(error)}"
-            ) from None
+        return _apply_template(tokenizer, prompt, generation=True)
     lines = [f"{message['role']}: {message['content']}" for message in prompt]
     return "\n".join(lines) + "\nassistant: "
 
 
 def encode_prompt(tokenizer: Any, prompt: Prompt) -> list[int]:
-    """Prompt token ids: ``tok(prompt).input_ids``; a chat template already has its specials."""
+    """The ids a model generates after: ``tok(prompt).input_ids``, or the template's rendering
+    with the generation prompt (which already holds its special tokens)."""
     if isinstance(prompt, str):
         return list(tokenizer(prompt).input_ids)
     text = render_prompt(tokenizer, prompt)
@@ -215,10 +247,66 @@ def completion_text(completion: str | list[dict[str, str]]) -> str:
     return "".join(message["content"] for message in completion)
 
 
-def encode_completion(tokenizer: Any, completion: str | list[dict[str, str]]) -> list[int]:
-    """``tok(completion, add_special_tokens=False).input_ids + [eos]`` (TRL's convention)."""
-    ids = tokenizer(completion_text(completion), add_special_tokens=False).input_ids
-    return list(ids) + [tokenizer.eos_token_id]
+def _as_turn(completion: str | list[dict[str, str]]) -> list[dict[str, str]]:
+    """A plain-string answer to a conversational prompt is that assistant turn's content."""
+    if isinstance(completion, str):
+        return [{"role": "assistant", "content": completion}]
+    return completion
+
+
+def common_prefix_length(ids: list[int], other: list[int]) -> int:
+    length = 0
+    for a, b in zip(ids, other, strict=False):
+        if a != b:
+            break
+        length += 1
+    return length
+
+
+def encode_completions(
+    tokenizer: Any, prompt: Prompt, completions: list[str | list[dict[str, str]]]
+) -> tuple[list[int], list[list[int]]]:
+    """The prompt's ids and each completion's ids, by the token convention (module docstring).
+
+    With a chat template, the prompt is cut to what all the renderings share (a template may
+    render the prompt alone differently, as TRL's DPOTrainer allows for): the prompt ids plus a
+    completion's ids are then exactly the template's rendering of that conversation.
+    """
+    if not _uses_template(tokenizer, prompt):
+        eos = tokenizer.eos_token_id
+        prompt_ids = encode_prompt(tokenizer, prompt)
+        answers = [
+            list(tokenizer(completion_text(c), add_special_tokens=False).input_ids) + [eos]
+            for c in completions
+        ]
+        return prompt_ids, answers
+    prompt_ids = _template_ids(tokenizer, prompt, generation=True)
+    full = [_template_ids(tokenizer, prompt + _as_turn(c), generation=False) for c in completions]
+    shared = min((common_prefix_length(prompt_ids, ids) for ids in full), default=len(prompt_ids))
+    return prompt_ids[:shared], [ids[shared:] for ids in full]
+
+
+def turn_end_id(tokenizer: Any) -> int | None:
+    """The token the chat template closes an assistant turn with (``<|eot_id|>``,
+    ``<|im_end|>``, ``<end_of_turn>``), or None when there is no template or it closes a turn
+    with ordinary text. Generation stops there, as servers that follow the template do."""
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    marker = "Patchwise-answer-7f3a"
+    conversation = [
+        {"role": "user", "content": "Hello"},
+        {"role": "assistant", "content": marker},
+    ]
+    try:
+        text = tokenizer.apply_chat_template(conversation, tokenize=False)
+    except Exception:  # noqa: BLE001 (a template that wants other roles: no end-of-turn known)
+        return None
+    if marker not in text:
+        return None
+    closing = text[text.rindex(marker) + len(marker) :]
+    ids = tokenizer(closing, add_special_tokens=False).input_ids if closing else []
+    added = tokenizer.added_tokens_decoder
+    return next((token for token in ids if token in added), None)
 
 
 def pair_text_key(pair: dict[str, Any]) -> str:
@@ -244,14 +332,19 @@ def encode_pairs(
     encoded = []
     for index, pair in enumerate(pairs):
         where = _where(pair, index, source)
-        prompt_ids = encode_prompt(tokenizer, pair["prompt"])
+        prompt_ids, (chosen_ids, rejected_ids) = encode_completions(
+            tokenizer, pair["prompt"], [pair["chosen"], pair["rejected"]]
+        )
         if not prompt_ids:
             raise EngineError(
                 f"{where}: the prompt encodes to no tokens (the tokenizer adds no BOS); "
                 "give it some text"
             )
-        chosen_ids = encode_completion(tokenizer, pair["chosen"])
-        rejected_ids = encode_completion(tokenizer, pair["rejected"])
+        if not chosen_ids or not rejected_ids:
+            raise EngineError(
+                f"{where}: the chat template renders an answer as no tokens; "
+                "check the template closes an assistant turn"
+            )
         truncated = False
         if max_prompt_length is not None and len(prompt_ids) > max_prompt_length:
             prompt_ids = prompt_ids[-max_prompt_length:]

@@ -11,15 +11,19 @@ from typing import Any
 
 import torch
 
-from training.engine.data import EvalItem, Prompt, encode_prompt
+from training.engine.data import EvalItem, Prompt, encode_prompt, turn_end_id
 from training.engine.logprobs import pad_batch
 from training.engine.modeling import LoadedBase, context_length
 
 
 def end_token_ids(model: torch.nn.Module, tokenizer: Any) -> set[int]:
-    """The tokenizer's eos plus the generation config's: chat models often end a turn with a
-    second token (<|eot_id|>, <|im_end|>), and a served answer stops there."""
+    """The tokenizer's eos, the chat template's end-of-turn and the generation config's: chat
+    models end a turn with their own token (<|eot_id|>, <|im_end|>), a patch trains answers to
+    end there (the token convention), and a served answer stops there."""
     ids = {tokenizer.eos_token_id}
+    turn_end = turn_end_id(tokenizer)
+    if turn_end is not None:
+        ids.add(turn_end)
     configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     if isinstance(configured, int):
         ids.add(configured)

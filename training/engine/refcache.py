@@ -2,7 +2,9 @@
 
 The key hashes what determines the number: the model's identity, the deployed adapter's
 identity (the reference is base + that adapter), the dtype, and the pair's token ids (which
-follow from its text, the tokenizer and truncation). SQLite, so several workers can share it.
+follow from its text, the tokenizer, truncation and the tokenization rule, whose version is in
+the key too: entries written under an earlier rule are never read). SQLite, so several workers
+can share it.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import hashlib
 import sqlite3
 from pathlib import Path
 
-from training.engine.data import EncodedPair
+from training.engine.data import TOKENIZATION_RULE, EncodedPair
 
 
 class RefLogpCache:
@@ -27,7 +29,10 @@ class RefLogpCache:
         self._db.commit()
 
     def key(self, pair: EncodedPair) -> str:
-        text = f"{self.namespace}|{pair.prompt_ids}|{pair.chosen_ids}|{pair.rejected_ids}"
+        text = (
+            f"rule {TOKENIZATION_RULE}|{self.namespace}|"
+            f"{pair.prompt_ids}|{pair.chosen_ids}|{pair.rejected_ids}"
+        )
         return hashlib.sha256(text.encode()).hexdigest()
 
     def get_many(self, pairs: list[EncodedPair]) -> dict[int, tuple[float, float]]:
