@@ -204,12 +204,14 @@ CONTENT_SECURITY_POLICY = {
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "filesystem://")
 _BROKER_DIR = VAR_DIR / "broker"
 if CELERY_BROKER_URL.startswith("filesystem://"):
-    for sub in ("queue", "processed"):
+    for sub in ("queue", "processed", "control"):
         (_BROKER_DIR / sub).mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_BROKER_DIR / "queue"),
         "data_folder_out": str(_BROKER_DIR / "queue"),
         "processed_folder": str(_BROKER_DIR / "processed"),
+        # kombu's default is ./control, a folder left wherever the process was started
+        "control_folder": str(_BROKER_DIR / "control"),
     }
     _default_results = f"file://{VAR_DIR / 'results'}"
     (VAR_DIR / "results").mkdir(parents=True, exist_ok=True)

@@ -229,3 +229,24 @@ def test_an_unknown_api_path_is_a_json_404(client):
     response = client.get("/api/v1/projects/a/b/c/pairs.jsonl")
     assert response.status_code == 404
     assert response.json() == {"detail": "No API endpoint at /api/v1/projects/a/b/c/pairs.jsonl."}
+
+
+def test_the_embedded_broker_keeps_all_its_folders_under_var(tmp_path):
+    """`make up` without CELERY_BROKER_URL used to leave a control/ folder where it ran."""
+    env = {**os.environ, "PATCHWISE_VAR_DIR": str(tmp_path / "var")}
+    env.pop("CELERY_BROKER_URL", None)
+    env.pop("CELERY_RESULT_BACKEND", None)
+    script = (
+        "import django; django.setup()\n"
+        "from training.tasks import probe_worker\n"
+        "probe_worker.apply_async()\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path, env={**env, "PYTHONPATH": str(ROOT),
+                           "DJANGO_SETTINGS_MODULE": "config.settings"},
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["var"]
+    assert list((tmp_path / "var" / "broker" / "queue").glob("*.msg"))  # the task was sent
