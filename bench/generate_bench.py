@@ -36,7 +36,8 @@ def time_engine(base, prompts, *, n, max_new_tokens, batch_size) -> tuple[float,
     with its own seed); decoding and dropping duplicates are left out, so every sampled answer
     counts (the demo model is so sure of itself that most of its samples are repeats)."""
     from training.engine.data import encode_prompt
-    from training.engine.generate import answer_seed, eos_token_ids, sample_answer_ids
+    from training.engine.evaluate import end_token_ids
+    from training.engine.generate import answer_seed, sample_answer_ids
 
     rows = [
         (encode_prompt(base.tokenizer, p), answer_seed(0, p, k)) for p in prompts for k in range(n)
@@ -48,7 +49,7 @@ def time_engine(base, prompts, *, n, max_new_tokens, batch_size) -> tuple[float,
             base.model,
             [ids for ids, _ in batch],
             [seed for _, seed in batch],
-            eos_ids=eos_token_ids(base),
+            eos_ids=end_token_ids(base.model, base.tokenizer),
             pad_id=base.tokenizer.pad_token_id,
             temperature=0.8,
             top_p=0.95,
