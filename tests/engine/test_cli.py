@@ -133,3 +133,10 @@ def test_a_patch_on_a_deployed_adapter_is_also_written_combined_with_it(
     assert result.returncode == 0, result.stderr
     assert f"combined with {deployed} as one LoRA of rank 12: {out / 'combined'}" in result.stdout
     assert json.loads((out / "combined" / "adapter_config.json").read_text())["r"] == 12
+
+
+@pytest.mark.parametrize(("command", "flag"), [("generate", "--prompts"), ("demo", "--out")])
+def test_every_subcommand_is_there(tmp_path: Path, command: str, flag: str) -> None:
+    result = run_cli(command, "--help", tmp_path=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert flag in result.stdout

@@ -1,4 +1,4 @@
-"""Command line: ``python -m training.engine train|generate ...``.
+"""Command line: ``python -m training.engine train|generate|demo ...``.
 
 Bad input ends in one line on stderr naming the path, line or field, and exit code 2.
 """
@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import sys
 import warnings
 from pathlib import Path
@@ -130,13 +129,6 @@ PLUGGED_COMMANDS = {
 }
 
 
-def _plugged_module(name: str):
-    module_name = PLUGGED_COMMANDS[name][0]
-    if importlib.util.find_spec(module_name) is None:
-        return None
-    return importlib.import_module(module_name)
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = _Parser(prog="python -m training.engine", description=__doc__.splitlines()[0])
@@ -144,18 +136,15 @@ def main(argv: list[str] | None = None) -> int:
     _add_train_arguments(commands.add_parser("train", help="train a LoRA DPO patch"))
     chosen = argv[0] if argv else None
     plugged = None
-    for name, (_, help_text) in PLUGGED_COMMANDS.items():
+    for name, (module_name, help_text) in PLUGGED_COMMANDS.items():
         subparser = commands.add_parser(name, help=help_text)
         if name == chosen:
-            plugged = _plugged_module(name)
-            if plugged is not None:
-                plugged.add_arguments(subparser)
+            plugged = importlib.import_module(module_name)
+            plugged.add_arguments(subparser)
     args = parser.parse_args(argv)
     try:
         if args.command == "train":
             return _run_train(args)
-        if plugged is None:
-            raise EngineError(f"the {args.command} subcommand is not installed in this build")
         return plugged.run(args)
     except EngineError as error:
         print(f"error: {error}", file=sys.stderr)
