@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from accounts.models import ApiToken, AuditEvent, hash_token
 from accounts.roles import CURATOR, ROLES, remember_role
-from config import rows
+from core import rows
 
 TOKEN_PREFIX = "pw_"
 

@@ -34,7 +34,7 @@ from annotate.models import (
     Response,
     Split,
 )
-from config import rows
+from core import rows
 
 EXPORT_CHUNK = 500
 

@@ -103,7 +103,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # Django's backend with a health check that costs no round trip (config/postgresql/base.py).
     DATABASES["default"]["ENGINE"] = "config.postgresql"
 if DATABASES["default"]["ENGINE"].endswith("postgresql"):
-    # The hot paths' statements (config/rows.py) are prepared on their fifth run per connection,
+    # The hot paths' statements (core/rows.py) are prepared on their fifth run per connection,
     # so PostgreSQL stops planning them per request. A pooler in transaction mode older than
     # PgBouncer 1.21 cannot keep prepared statements: set PATCHWISE_PREPARED_STATEMENTS=0 there.
     if os.environ.get("PATCHWISE_PREPARED_STATEMENTS", "1") != "0":

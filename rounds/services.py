@@ -29,6 +29,7 @@ from django.utils import timezone
 from accounts.roles import require_curator
 from accounts.services import audit_record
 from annotate.models import Case, Comparison, Origin, Project, Response, Side, Split
+from core.text import storable
 from rounds.models import (
     GenerationRequest,
     GenerationStatus,
@@ -92,7 +93,9 @@ def sampling_settings(**given: Any) -> SamplingSettings:
 def job_adapter_path(job: Any) -> str:
     """The adapter folder a succeeded training job keeps on disk (for serving and sampling)."""
     from training.artifacts import job_dir
+    from training.engine import EngineError
     from training.engine.config import COMBINED
+    from training.engine.folders import check_adapter_folder
     from training.models import JobStatus
 
     if job.status != JobStatus.SUCCEEDED:
@@ -111,18 +114,20 @@ def job_adapter_path(job: Any) -> str:
                 f"job {job.pk}'s patch was trained on top of adapter {job.adapter} and could not "
                 f"be combined with it into one adapter to sample from ({why}); pick another job"
             )
-    if not (folder / "adapter_config.json").is_file():
+    try:
+        check_adapter_folder(folder)
+    except EngineError:
         raise GenerationRefused(
             f"the adapter of job {job.pk} is missing from the artifact store ({folder})"
-        )
+        ) from None
     return str(folder)
 
 
 def _check_model(model_path: str) -> None:
-    from training.services import JobRefused, check_model_folder
+    from training.services import JobRefused, check_folders
 
     try:
-        check_model_folder(model_path)
+        check_folders(model=model_path, adapter=None)
     except JobRefused as error:
         raise GenerationRefused(str(error)) from None
 
@@ -436,12 +441,6 @@ def candidate_pairs(
     return pairs
 
 
-def storable_text(text: str) -> str:
-    """PostgreSQL text cannot hold NUL, which a byte-level tokenizer can decode from a model's
-    output; it carries nothing a reader could see, so it is dropped."""
-    return text.replace("\x00", "")
-
-
 def _random_order(pair: tuple[Response, Response]) -> tuple[Response, Response]:
     return pair if secrets.randbelow(2) else (pair[1], pair[0])
 
@@ -463,7 +462,7 @@ def candidates_store(
     drawn, when the sampler already dropped some (default: as many as ``texts``)."""
     from annotate.services import comparison_create
 
-    texts = [storable_text(text) for text in texts]
+    texts = [storable(text) for text in texts]
     sampled = len(texts) if sampled is None else max(sampled, len(texts))
     with transaction.atomic():
         existing = list(Response.objects.filter(case=case).order_by("id"))
@@ -598,7 +597,7 @@ def round_answer_store(*, current: Round, case: Case, text: str) -> RoundAnswer 
     reuses the previous response and counts as a tie)."""
     from annotate.services import comparison_create
 
-    text = storable_text(text)
+    text = storable(text)
     with transaction.atomic():
         existing = RoundAnswer.objects.filter(round=current, case=case).first()
         if existing is not None:  # a task delivered twice stores each answer once
@@ -674,7 +673,3 @@ def round_requeue_failing(
             job=current.job,
             sampling=sampling,
         )
-
-
-def validation_message(error: ValidationError) -> str:
-    return "; ".join(error.messages)

@@ -24,6 +24,7 @@ from django.utils import timezone
 
 from accounts.roles import require_curator
 from accounts.services import audit_record
+from core.text import storable
 from training.lifecycle import request_cancel, transition
 from training.models import JobStatus, TrainingJob
 
@@ -144,25 +145,20 @@ def missing_base_model_message(path: str) -> str:
     )
 
 
-def check_model_folder(path: str) -> None:
-    """Refuse a model path the worker could not read, without loading torch on the web host."""
-    folder = Path(path).expanduser()
-    config_file = folder / "config.json"
-    if not folder.is_dir() and path == settings.PATCHWISE_BASE_MODEL:
-        raise JobRefused(missing_base_model_message(path))
-    if not folder.is_dir():
-        raise JobRefused(f"model folder {path} does not exist or is not a folder")
+def check_folders(*, model: str, adapter: str | None) -> None:
+    """Refuse a model or adapter path the worker could not load (the engine's own checks: plain
+    file checks, no torch on the web host)."""
+    from training.engine import EngineError
+    from training.engine.folders import check_adapter_folder, check_model_folder
+
+    if model == settings.PATCHWISE_BASE_MODEL and not Path(model).expanduser().is_dir():
+        raise JobRefused(missing_base_model_message(model))
     try:
-        json.loads(config_file.read_text())
-    except OSError:
-        raise JobRefused(f"model folder {path} has no readable config.json") from None
-    except ValueError:
-        raise JobRefused(f"{config_file} is not valid JSON") from None
-
-
-def check_adapter_folder(path: str) -> None:
-    if not (Path(path).expanduser() / "adapter_config.json").is_file():
-        raise JobRefused(f"adapter folder {path} has no adapter_config.json")
+        check_model_folder(model)
+        if adapter:
+            check_adapter_folder(adapter)
+    except EngineError as error:
+        raise JobRefused(str(error)) from None
 
 
 def job_enqueue(
@@ -174,9 +170,7 @@ def job_enqueue(
 
     require_curator(actor)
     resolved = resolve_config(config)
-    check_model_folder(resolved["model"])
-    if resolved["adapter"]:
-        check_adapter_folder(resolved["adapter"])
+    check_folders(model=resolved["model"], adapter=resolved["adapter"])
 
     pairs = [dict(pair) for pair in preference_pairs(project=project)]
     if not pairs:
@@ -289,18 +283,6 @@ def job_record_progress(
 
 def job_cancel_requested(*, job_id: int) -> bool:
     return TrainingJob.objects.filter(pk=job_id, cancel_requested=True).exists()
-
-
-def storable(value: Any) -> Any:
-    """The value with NUL characters removed from every string: PostgreSQL text and jsonb
-    cannot hold them, and a model's byte-level decoding can produce one."""
-    if isinstance(value, str):
-        return value.replace("\x00", "")
-    if isinstance(value, dict):
-        return {storable(key): storable(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [storable(item) for item in value]
-    return value
 
 
 def job_succeed(

@@ -21,7 +21,7 @@ from annotate.models import Case, Choice, Comparison, Judgment, Lease, Origin, P
 from annotate.services import queue_sql
 from annotate.services.cases import response_create
 from annotate.services.queue import LEASE_DURATION
-from config import rows
+from core import rows
 
 
 class JudgmentConflict(Exception):

@@ -2,7 +2,7 @@
 
 A lease and a judgment are one round trip each on PostgreSQL: the functions
 patchwise_lease_next and patchwise_judge (annotate/migrations/0004_queue_functions.py) run the
-steps inside the database, through prepared statements (config.rows.cursor). On SQLite, the
+steps inside the database, through prepared statements (core.rows.cursor). On SQLite, the
 embedded default for one person, the same steps run here as separate statements (lease_steps,
 judge_steps): the twin.
 
@@ -20,7 +20,7 @@ from django.db import connection, transaction
 
 from accounts.services import audit_record
 from annotate.models import Case, Comparison, Judgment, Lease, Project, Response, Side
-from config import rows
+from core import rows
 
 _COMPARISON = Comparison._meta.db_table
 _JUDGMENT = Judgment._meta.db_table

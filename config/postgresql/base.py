@@ -20,7 +20,7 @@ class DatabaseWrapper(base.DatabaseWrapper):
     def prepared_cursor(self):
         """Django's cursor, but binding parameters on the server: psycopg then prepares a
         statement the fifth time a connection runs it (OPTIONS prepare_threshold), so PostgreSQL
-        stops parsing and planning it on every request (config/rows.py).
+        stops parsing and planning it on every request (core/rows.py).
 
         Everything else is Django's own path: the health check, the time zone, error
         translation, query logging and the test suite's query counts.

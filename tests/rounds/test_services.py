@@ -359,6 +359,7 @@ def test_a_job_stacked_on_a_deployed_adapter_samples_from_both_combined(
     combined = job_dir(job.pk) / "adapter" / "combined"
     combined.mkdir(parents=True)
     (combined / "adapter_config.json").write_text('{"r": 24}')
+    (combined / "adapter_model.safetensors").write_bytes(b"weights")
     assert services.job_adapter_path(job) == str(combined)
 
     job.report = {"stacked_on_adapter": {**stacked, "combined": None,

@@ -252,6 +252,7 @@ def test_a_patch_on_a_deployed_adapter_ships_both_as_one_lora(
     deployed = tmp_path / "deployed"
     deployed.mkdir()
     (deployed / "adapter_config.json").write_text('{"r": 8}')
+    (deployed / "adapter_model.safetensors").write_bytes(b"weights")
     job = services.job_enqueue(
         project=project, actor=curator.user, config={"epochs": 3, "adapter": str(deployed)}
     )

@@ -57,7 +57,8 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _run_train(args: argparse.Namespace) -> int:
     from training.engine.config import validate_config
-    from training.engine.data import check_model_folder, read_jsonl
+    from training.engine.data import read_jsonl
+    from training.engine.folders import check_model_folder
 
     config = TrainConfig(
         model=args.model,

@@ -88,22 +88,6 @@ def read_jsonl(path: str | Path, *, what: str) -> list[dict[str, Any]]:
     return records
 
 
-def check_model_folder(path: str | Path) -> Path:
-    """EngineError (one line) unless ``path`` looks like an HF model folder."""
-    folder = Path(path).expanduser()
-    if not folder.is_dir():
-        raise EngineError(f"model folder {folder} does not exist; pass a folder in HF format")
-    if not (folder / "config.json").is_file():
-        raise EngineError(f"model folder {folder} has no config.json; is it a Hugging Face model?")
-    try:
-        config = json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError) as error:
-        raise EngineError(f"cannot read {folder / 'config.json'}: {error}") from None
-    if not isinstance(config, dict):
-        raise EngineError(f"{folder / 'config.json'} is not a JSON object; is it a model config?")
-    return folder
-
-
 # ---------------------------------------------------------------------------- validation
 
 

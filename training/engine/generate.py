@@ -220,7 +220,8 @@ def adapter_applied(base: LoadedBase, adapter: str | None) -> Iterator[torch.nn.
         return
     from peft import PeftModel
 
-    from training.engine.lora import check_adapter_fits, check_adapter_folder
+    from training.engine.folders import check_adapter_folder
+    from training.engine.lora import check_adapter_fits
 
     path = Path(adapter).expanduser()
     check_adapter_folder(path)
@@ -282,7 +283,8 @@ def read_prompts(path: Path) -> list[dict[str, Any]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from training.engine.modeling import check_model_folder, load_base
+    from training.engine.folders import check_adapter_folder, check_model_folder
+    from training.engine.modeling import load_base
 
     check_sampling_options(
         n=args.n,
@@ -295,9 +297,7 @@ def run(args: argparse.Namespace) -> int:
     records = read_prompts(args.prompts)
     check_model_folder(args.model)
     if args.adapter:
-        from training.engine.lora import check_adapter_folder
-
-        check_adapter_folder(Path(args.adapter).expanduser())
+        check_adapter_folder(args.adapter)
     if not args.out.parent.is_dir():
         raise EngineError(f"cannot write {args.out}: folder {args.out.parent} does not exist")
     if args.out.is_dir():

@@ -34,11 +34,11 @@ from training.engine.config import (
     check_vllm_servable,
 )
 from training.engine.errors import EngineError, first_line
+from training.engine.folders import ADAPTER_FILES, check_adapter_folder
 from training.engine.modeling import LoadedBase
 
 PATCH = "default"
 DEPLOYED = "deployed"
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
 def adapter_identity(path: Path) -> str:
@@ -46,14 +46,6 @@ def adapter_identity(path: Path) -> str:
     for name in ADAPTER_FILES:
         digest.update((path / name).read_bytes())
     return digest.hexdigest()[:16]
-
-
-def check_adapter_folder(path: Path) -> None:
-    if not path.is_dir():
-        raise EngineError(f"adapter folder {path} does not exist")
-    for name in ADAPTER_FILES:
-        if not (path / name).is_file():
-            raise EngineError(f"adapter folder {path} has no {name}; is it a PEFT LoRA adapter?")
 
 
 def check_adapter_fits(path: Path, base: LoadedBase) -> None:

@@ -14,8 +14,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from training.engine.data import check_model_folder
 from training.engine.errors import EngineError, first_line
+from training.engine.folders import check_model_folder
 
 # Files whose bytes define what the model computes; hashed (sampled) into the identity.
 _IDENTITY_FILES = (

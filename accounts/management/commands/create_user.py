@@ -3,6 +3,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from accounts.roles import ROLES
 from accounts.services import user_create
+from core.messages import validation_message
 
 
 class Command(BaseCommand):
@@ -17,9 +18,7 @@ class Command(BaseCommand):
         try:
             user, used_password = user_create(username=username, role=role, password=password)
         except ValidationError as exc:
-            raise CommandError(
-                "; ".join(m for ms in exc.message_dict.values() for m in ms)
-            ) from exc
+            raise CommandError(validation_message(exc)) from exc
         self.stdout.write(f"created {role} {user.username}")
         if password is None:
             self.stdout.write(f"password: {used_password}")

@@ -2,6 +2,7 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
 from accounts.services import token_revoke
+from core.messages import validation_message
 
 
 class Command(BaseCommand):
@@ -20,5 +21,5 @@ class Command(BaseCommand):
         try:
             revoked = token_revoke(token_or_prefix=token, username=user)
         except ValidationError as exc:
-            raise CommandError(" ".join(exc.messages)) from None
+            raise CommandError(validation_message(exc)) from None
         self.stdout.write(f"revoked {revoked.prefix}… of {revoked.user.username}")

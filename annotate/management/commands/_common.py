@@ -1,6 +1,5 @@
 """Helpers shared by the annotation commands."""
 
-from django.core.exceptions import ValidationError
 from django.core.management.base import CommandError
 
 from annotate.models import Project
@@ -14,9 +13,3 @@ def project_or_error(slug: str) -> Project:
             f"no project {slug!r} (projects: {known}); create one with create_project {slug}"
         )
     return project
-
-
-def validation_message(exc: ValidationError) -> str:
-    if hasattr(exc, "error_dict"):
-        return "; ".join(f"{field}: {' '.join(m)}" for field, m in exc.message_dict.items())
-    return "; ".join(exc.messages)

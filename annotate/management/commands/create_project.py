@@ -1,8 +1,8 @@
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
-from annotate.management.commands._common import validation_message
 from annotate.services import project_create
+from core.messages import validation_message
 
 
 class Command(BaseCommand):
