@@ -36,6 +36,8 @@ class CaseIn(Schema):
     split: Literal["train", "heldout", "regression"] = "train"
     tags: list[str] = []
     topic: str = ""
+    must_include: list[str] = []  # phrases or /regex/ a right answer contains
+    must_not_include: list[str] = []  # phrases or /regex/ it must not contain
 
 
 class IdOut(Schema):

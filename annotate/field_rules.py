@@ -7,6 +7,8 @@ is wrong, so a user sees the same message whichever way the value came in.
 import math
 from typing import Any
 
+from training.engine.checks import CheckError, clean_checks, parse_checks_cell
+
 MAX_TEXT_CHARS = 100_000
 MAX_TAGS = 50
 MAX_TAG_CHARS = 100
@@ -92,6 +94,23 @@ def clean_short(name: str, value: Any) -> str:
         raise InvalidValue(f"{name} is longer than {MAX_SHORT_CHARS} characters")
     _check_storable(name, value)
     return value
+
+
+def clean_check_items(name: str, value: Any) -> list[str]:
+    """must_include / must_not_include as stored (training/engine/checks.py's rule); an invalid
+    regex names its field, its item and the reason."""
+    try:
+        return clean_checks(value, name=name)
+    except CheckError as exc:
+        raise InvalidValue(str(exc)) from None
+
+
+def checks_cell(name: str, cell: str) -> Any:
+    """A CSV cell or a text box of checks: a JSON list, or one phrase per line."""
+    try:
+        return parse_checks_cell(cell)
+    except CheckError as exc:
+        raise InvalidValue(f"{name} {exc}") from None
 
 
 def _check_length(name: str, text: str) -> None:

@@ -3,7 +3,7 @@
 Three line shapes, told apart by their fields:
 
 - a bad case     {"prompt", "response", "better_response"?, "note"?, "trace_id"?, "split"?,
-                  "tags"?, "topic"?}
+                  "tags"?, "topic"?, "must_include"?, "must_not_include"?}
 - a pair to judge {"prompt", "response_a", "response_b", ...the optional fields above}
 - a labelled pair {"prompt", "chosen", "rejected", ...}  (TRL's preference format)
 
@@ -12,7 +12,9 @@ may also be held out, its chosen answer then being the one expected.
 
 A prompt is a string or a list of {"role", "content"} messages ("system" only first, the last one
 from the user). In CSV the prompt cell may hold such a list as JSON, and tags are a JSON list or
-comma-separated. Every bad line is collected, so a user fixes the whole file in one go.
+comma-separated; checks (must_include, must_not_include: phrases or /regex/ items, see
+training/engine/checks.py) are a JSON list or one phrase per line. Every bad line is collected,
+so a user fixes the whole file in one go.
 """
 
 import csv
@@ -23,14 +25,17 @@ from typing import Any
 
 from annotate.field_rules import (
     InvalidValue,
+    checks_cell,
+    clean_check_items,
     clean_prompt,
     clean_short,
     clean_split,
     clean_tags,
     clean_text,
 )
+from training.engine.checks import FIELDS as CHECK_FIELDS
 
-COMMON_FIELDS = ("prompt", "note", "trace_id", "split", "tags", "topic")
+COMMON_FIELDS = ("prompt", "note", "trace_id", "split", "tags", "topic", *CHECK_FIELDS)
 SHAPES = {
     "case": ("response", "better_response"),
     "pair": ("response_a", "response_b"),
@@ -66,6 +71,8 @@ class CaseRow:
     split: str = "train"
     tags: list[str] = field(default_factory=list)
     topic: str = ""
+    must_include: list[str] = field(default_factory=list)
+    must_not_include: list[str] = field(default_factory=list)
 
 
 def parse_record(record: Any, line_no: int) -> CaseRow:
@@ -103,6 +110,7 @@ def parse_record(record: Any, line_no: int) -> CaseRow:
         ("split", lambda v: setattr(row, "split", clean_split(v))),
         ("tags", lambda v: setattr(row, "tags", clean_tags(v))),
     ]
+    checks += [(n, lambda v, n=n: setattr(row, n, clean_check_items(n, v))) for n in CHECK_FIELDS]
     for name, check in checks:
         if name in record and record[name] is not None:
             try:
@@ -172,6 +180,8 @@ def _csv_cell(name: str, cell: str) -> Any:
             isinstance(item, dict) and {"role", "content"} <= set(item) for item in value
         )
         return value if is_messages else cell
+    if name in CHECK_FIELDS:
+        return checks_cell(name, cell)
     if name == "tags" and cell.lstrip().startswith("["):
         try:
             return json.loads(cell)

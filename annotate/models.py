@@ -80,6 +80,10 @@ class Case(models.Model):
     split = models.CharField(max_length=16, choices=Split.choices, default=Split.TRAIN)
     tags = models.JSONField(default=list, blank=True)
     topic = models.CharField(max_length=200, blank=True)
+    # What a right answer must and must not say: phrases or /regex/ items, the rule of
+    # training/engine/checks.py. Empty lists: the expected answer is matched exactly.
+    must_include = models.JSONField(default=list, blank=True)
+    must_not_include = models.JSONField(default=list, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

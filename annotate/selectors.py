@@ -136,7 +136,9 @@ def eval_prompts(*, project: Project) -> list[dict[str, Any]]:
 
     flagged: flagged train cases, expected = the corrected or winning answer, else the better
     answer given with the case; heldout: split heldout, expected = its better answer if known;
-    regression: split regression, expected = the answer that must not change.
+    regression: split regression, expected = the answer that must not change. Flagged and
+    held-out prompts also carry the deployed model's answer as `rejected` (the preference
+    check weighs expected against it), and every prompt its checks when it has some.
     """
     cases = list(
         Case.objects.filter(project=project)
@@ -162,6 +164,13 @@ def eval_prompts(*, project: Project) -> list[dict[str, Any]]:
         item: dict[str, Any] = {"prompt": case.prompt, "kind": kind, "case_id": case.pk}
         if expected is not None:
             item["expected"] = expected
+            if kind != "regression" and known.get(Origin.DEPLOYED) not in (None, expected):
+                # the bad answer, for the preference check: expected (chosen) vs this
+                item["rejected"] = known[Origin.DEPLOYED]
+        if case.must_include:
+            item["must_include"] = case.must_include
+        if case.must_not_include:
+            item["must_not_include"] = case.must_not_include
         if case.topic:
             item["topic"] = case.topic
         items.append(item)

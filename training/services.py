@@ -76,7 +76,10 @@ def snapshot_canonical_json(
     canonical = {
         "pairs": [{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs],
         "eval": [
-            {k: e.get(k) for k in ("prompt", "expected", "kind", "topic")} for e in eval_items
+            {k: e.get(k) for k in ("prompt", "expected", "kind", "topic")}
+            # added later: present only where set, so an older snapshot keeps its hash
+            | {k: e[k] for k in ("rejected", "must_include", "must_not_include") if e.get(k)}
+            for e in eval_items
         ],
     }
     return json.dumps(canonical, sort_keys=True, ensure_ascii=False, separators=(",", ":"))

@@ -13,6 +13,7 @@ from annotate.importing import ImportRejected
 from annotate.services.cases import (
     ImportResult,
     case_create,
+    case_set_checks,
     cases_import,
     comparison_create,
     response_create,
@@ -34,6 +35,7 @@ __all__ = [
     "JudgmentConflict",
     "LEASE_DURATION",
     "case_create",
+    "case_set_checks",
     "cases_import",
     "comparison_create",
     "flip_for",

@@ -11,6 +11,7 @@ from django.db import transaction
 from accounts.services import audit_record
 from annotate.field_rules import (
     InvalidValue,
+    clean_check_items,
     clean_prompt,
     clean_short,
     clean_split,
@@ -96,6 +97,8 @@ def case_create(
     split: str = Split.TRAIN,
     tags: list[str] | tuple[str, ...] = (),
     topic: str = "",
+    must_include: list[str] | tuple[str, ...] = (),
+    must_not_include: list[str] | tuple[str, ...] = (),
     flagged: bool | None = None,
     source: str = "ui",
     created_by: AbstractBaseUser | None = None,
@@ -120,6 +123,8 @@ def case_create(
         "topic": lambda: clean_short("topic", topic),
         "split": lambda: clean_split(split),
         "tags": lambda: clean_tags(list(tags)),
+        "must_include": lambda: clean_check_items("must_include", must_include),
+        "must_not_include": lambda: clean_check_items("must_not_include", must_not_include),
     }
     for field, check in checks.items():
         try:
@@ -145,6 +150,8 @@ def case_create(
         split=cleaned["split"],
         tags=cleaned["tags"],
         topic=cleaned["topic"],
+        must_include=cleaned["must_include"],
+        must_not_include=cleaned["must_not_include"],
     )
     case.full_clean(exclude=["project"])
     case.save()
@@ -194,6 +201,8 @@ def cases_import(
             split=row.split,
             tags=row.tags,
             topic=row.topic,
+            must_include=row.must_include,
+            must_not_include=row.must_not_include,
         )
         for row in rows
     ]
@@ -247,3 +256,34 @@ def cases_import(
         new_value={"file": file_name, **result.__dict__},
     )
     return result
+
+
+@transaction.atomic
+def case_set_checks(
+    *,
+    case: Case,
+    must_include: Any,
+    must_not_include: Any,
+    actor: AbstractBaseUser | None = None,
+) -> Case:
+    """Change what a right answer to the case must and must not say (the curator's case page).
+
+    ValidationError naming the field and item when one is unusable (an invalid regex says
+    why); nothing is saved then. No change, no write and no audit row.
+    """
+    errors, cleaned = {}, {}
+    for name, value in (("must_include", must_include), ("must_not_include", must_not_include)):
+        try:
+            cleaned[name] = clean_check_items(name, value)
+        except InvalidValue as exc:
+            errors[name] = str(exc)
+    if errors:
+        raise ValidationError(errors)
+    old = {"must_include": case.must_include, "must_not_include": case.must_not_include}
+    if old == cleaned:
+        return case
+    case.must_include, case.must_not_include = cleaned["must_include"], cleaned["must_not_include"]
+    case.full_clean(exclude=["project"])
+    case.save(update_fields=["must_include", "must_not_include"])
+    audit_record(actor=actor, action="case.checks", target=case, old_value=old, new_value=cleaned)
+    return case

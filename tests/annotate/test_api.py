@@ -256,3 +256,17 @@ def test_the_openapi_schema_lists_the_labelling_endpoints(client, annotator):
         "/api/v1/comparisons/{comparison_id}/judgment",
         "/api/v1/projects/{slug}/pairs.jsonl",
     } <= set(paths)
+
+
+def test_a_case_posted_with_checks_keeps_them_and_a_bad_regex_is_a_422(project, curator, api):
+    as_curator = api(curator.user)
+    body = {"prompt": "Return window?", "response": "7 days.", "must_include": ["30 days"]}
+    created = as_curator("post", "/projects/support/cases", body | {"must_not_include": ["7 days"]})
+    assert created.status_code == 201
+    case = Case.objects.get(pk=created.json()["id"])
+    assert (case.must_include, case.must_not_include) == (["30 days"], ["7 days"])
+    bad = as_curator("post", "/projects/support/cases", body | {"must_include": ["/[30/"]})
+    assert bad.status_code == 422
+    (reason,) = bad.json()["detail"]["must_include"]
+    assert "'/[30/' is not a valid regular expression" in reason
+    assert Case.objects.count() == 1

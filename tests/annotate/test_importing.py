@@ -275,5 +275,41 @@ def test_pairs_outside_train_are_refused_or_become_held_out_cases(project):
             "kind": "heldout",
             "case_id": Case.objects.get().pk,
             "expected": "30 days.",
+            "rejected": "7 days.",
         }
     ]
+
+
+def test_checks_come_in_with_jsonl_and_csv_lines(project):
+    line = GOOD[0] | {"must_include": ["30 days", r"/refund(s)?/"], "must_not_include": "7 days"}
+    cases_import(project=project, file_name="cases.jsonl", data=jsonl(line))
+    case = Case.objects.get()
+    assert case.must_include == ["30 days", "/refund(s)?/"]
+    assert case.must_not_include == ["7 days"]
+    data = (
+        b"prompt,response,must_include,must_not_include\n"
+        b'"Tent warranty?",5 years.,"2 years, parts and labour\n/warrant(y|ies)/",'
+        b'"[""5 years""]"\n'
+    )
+    cases_import(project=project, file_name="more.csv", data=data)
+    tent = Case.objects.get(prompt="Tent warranty?")
+    assert tent.must_include == ["2 years, parts and labour", "/warrant(y|ies)/"]
+    assert tent.must_not_include == ["5 years"]
+
+
+def test_an_invalid_regex_rejects_the_line_with_the_reason(project):
+    bad = GOOD[0] | {"must_include": ["/(30 days/"]}
+    with pytest.raises(ImportRejected) as rejected:
+        cases_import(project=project, file_name="cases.jsonl", data=jsonl(GOOD[1], bad))
+    (message,) = rejected.value.messages()
+    assert message.startswith("line 2: must_include item 1 '/(30 days/' is not a valid regular")
+    assert "missing )" in message
+    assert not Case.objects.exists()
+
+
+def test_case_create_validates_checks(project):
+    with pytest.raises(ValidationError) as refused:
+        case_create(project=project, prompt="q", response="r", must_not_include=["", "x"])
+    assert refused.value.message_dict == {"must_not_include": ["must_not_include item 1 is empty"]}
+    case = case_create(project=project, prompt="q", response="r", must_include=["30 days"])
+    assert case.must_include == ["30 days"] and case.must_not_include == []
