@@ -34,6 +34,46 @@ def project_for_user(*, slug: str, user: AbstractBaseUser) -> Any:
     return project
 
 
+@dataclass
+class LaunchPreview:
+    """What a job launched now would snapshot: the launch form shows it before the click."""
+
+    pairs: int
+    eval_by_kind: dict[str, int]
+    judged_without_pair: int  # judged comparisons whose vote gives no pair (tie, both bad, split)
+    not_judged: int  # train comparisons nobody has judged yet
+
+    @property
+    def eval_prompts(self) -> int:
+        return sum(self.eval_by_kind.values())
+
+
+def launch_preview(*, project: Any) -> LaunchPreview:
+    """Counted with the functions job_enqueue snapshots with, so the numbers are the job's."""
+    from annotate.models import Comparison, Judgment, Split
+    from annotate.selectors import eval_prompts, preference_pairs
+
+    pairs = 0
+    with_pairs: set[int] = set()
+    for pair in preference_pairs(project=project):
+        pairs += 1
+        with_pairs.add(pair["comparison_id"])
+    train = Comparison.objects.filter(project=project, case__split=Split.TRAIN)
+    judged = set(
+        Judgment.objects.filter(comparison__in=train).values_list("comparison_id", flat=True)
+    )
+    not_judged = train.exclude(pk__in=judged).filter(label="").count()
+    kinds: dict[str, int] = {"flagged": 0, "heldout": 0, "regression": 0}
+    for item in eval_prompts(project=project):
+        kinds[item["kind"]] = kinds.get(item["kind"], 0) + 1
+    return LaunchPreview(
+        pairs=pairs,
+        eval_by_kind=kinds,
+        judged_without_pair=len(judged - with_pairs),
+        not_judged=not_judged,
+    )
+
+
 def jobs_for_project(*, project: Any) -> QuerySet[TrainingJob]:
     return (
         TrainingJob.objects.filter(project=project)

@@ -42,6 +42,8 @@ def project_jobs(request: HttpRequest, slug: str) -> HttpResponse:
         "form": form,
         "can_launch": is_curator(request.user),
     }
+    if context["can_launch"]:
+        context["preview"] = selectors.launch_preview(project=project)
     return render(request, "training/project_jobs.html", context, status=status)
 
 

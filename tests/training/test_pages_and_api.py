@@ -345,3 +345,50 @@ def test_the_report_names_the_mitigation(curator_client, finished_job):
     TrainingJob.objects.filter(pk=finished_job.pk).update(report=report)
     page = curator_client.get(reverse("training:job_detail", args=[finished_job.pk]))
     assert "SFT warm-up (2 epochs)" in page.content.decode()
+
+
+def test_the_launch_form_says_how_many_pairs_and_prompts_before_the_click(
+    curator_client, annotator, model_folder
+):
+    """Three flagged cases, overlap 2: one agreed vote (a pair), one split vote (no pair), one
+    not judged yet; plus a held-out and a regression case."""
+    from accounts.services import user_create
+    from annotate.models import Comparison
+    from annotate.services import judgment_submit
+
+    project = project_create(name="Votes", slug="votes", overlap=2)
+    for n in range(3):
+        case_create(project=project, prompt=f"Question {n}?", response=f"Wrong {n}.",
+                    better_response=f"Right {n}.")  # fmt: skip
+    case_create(project=project, prompt="Held?", response="x", better_response="y", split="heldout")
+    case_create(project=project, prompt="Same?", response="Same.", split="regression")
+    second, _ = user_create(username="bob", role="annotator", password="Bob-pw-12345!")
+    agreed, split, _waiting = Comparison.objects.filter(project=project).order_by("id")
+    for judge in (annotator.user, second):
+        judgment_submit(comparison=agreed, annotator=judge, choice="a")
+    judgment_submit(comparison=split, annotator=annotator.user, choice="a")
+    judgment_submit(comparison=split, annotator=second, choice="b")
+
+    page = curator_client.get(reverse("training:project_jobs", args=["votes"]))
+    preview = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", "", page.content.decode()))
+    assert (
+        "Launched now, this job trains on 1 preference pair and checks 5 eval prompts "
+        "(3 flagged, 1 held-out, 1 regression)." in preview
+    )
+    assert "1 judged comparison gives no pair (a tie, both bad, or a split vote)." in preview
+    assert "1 comparison is not judged yet." in preview
+
+    launched = curator_client.post(
+        reverse("training:project_jobs", args=["votes"]),
+        {"model": str(model_folder), "epochs": 3, "beta": 0.1, "loss": "sigmoid",
+         "sft_weight": 1, "lr": 0.001, "lora_r": 16},
+    )  # fmt: skip
+    assert launched.status_code == 302
+    job = TrainingJob.objects.get(project=project)
+    assert (job.pair_count, job.eval_count) == (1, 5)
+
+
+def test_the_launch_form_says_so_when_there_is_no_pair_yet(curator_client, model_folder):
+    project_create(name="Fresh", slug="fresh")
+    page = curator_client.get(reverse("training:project_jobs", args=["fresh"]))
+    assert "No preference pairs yet" in page.content.decode()
