@@ -19,6 +19,12 @@ class Split(models.TextChoices):
     REGRESSION = "regression", "regression"
 
 
+def kind_label(kind: str) -> str:
+    """How a split or an eval kind reads on a page or a model card: the stored "heldout" is
+    written "held-out" everywhere a person reads it (one spelling)."""
+    return Split.HELDOUT.label if kind == Split.HELDOUT else kind
+
+
 class Origin(models.TextChoices):
     DEPLOYED = "deployed", "deployed model"
     HUMAN = "human", "human"

@@ -18,6 +18,7 @@ from typing import Any
 
 from django.conf import settings
 
+from annotate.models import kind_label
 from training.engine.config import COMBINED, vllm_max_lora_rank
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -258,11 +259,11 @@ def model_card(
         if kind == "regression":
             lines.append(f"- {kind}: {counts['unchanged']}/{counts['total']} unchanged")
         else:
-            lines.append(f"- {kind}: {counts['fixed']}/{counts['total']} fixed")
+            lines.append(f"- {kind_label(kind)}: {counts['fixed']}/{counts['total']} fixed")
     lines += ["", "| kind | prompt | before | after | verdict |", "|---|---|---|---|---|"]
     for row in report.get("eval", []):
         lines.append(
-            f"| {row['kind']} | {_cell(row['prompt'])} | {_cell(row['before'])} | "
+            f"| {kind_label(row['kind'])} | {_cell(row['prompt'])} | {_cell(row['before'])} | "
             f"{_cell(row['after'])} | {_verdict(row)} |"
         )
     stacked = report.get("stacked_on_adapter") or {}

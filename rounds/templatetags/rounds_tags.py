@@ -2,6 +2,7 @@ from typing import Any
 
 from django import template
 
+from annotate.models import kind_label as _kind_label
 from training.winrate import WinRate
 
 register = template.Library()
@@ -22,3 +23,9 @@ def prompt_plain(prompt: Any) -> str:
     if isinstance(prompt, list):
         return " / ".join(f"{m.get('role')}: {m.get('content')}" for m in prompt)
     return str(prompt)
+
+
+@register.filter
+def kind_label(kind: str) -> str:
+    """ "heldout" reads "held-out" (annotate.models.kind_label)."""
+    return _kind_label(kind)

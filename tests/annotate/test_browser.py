@@ -138,6 +138,12 @@ def test_annotator_judges_edits_and_undoes_with_the_keyboard(live_server, page, 
 def test_mouse_users_have_buttons_with_the_key_hints(live_server, page, annotator, project):
     login(page, live_server, annotator)
     page.goto(f"{live_server.url}/p/{project.slug}/")
+    # No choice looks already made: the four buttons look alike until one is pressed.
+    looks = page.eval_on_selector_all(
+        ".actions .choices button",
+        "bs => bs.map(b => [getComputedStyle(b).backgroundColor, getComputedStyle(b).color])",
+    )
+    assert len(looks) == 4 and len({tuple(look) for look in looks}) == 1, looks
     shown = _current(annotator)
     page.get_by_role("button", name="4 Both bad").click()
     expect(page.locator("#pair .notice")).to_have_text("Saved: both bad.")

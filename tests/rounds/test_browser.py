@@ -44,6 +44,7 @@ def test_the_round_page_shows_answers_as_they_come_and_stops_polling_when_done(
     page.wait_for_selector("#round-live[data-generating=false]", timeout=10_000)
     answers = page.inner_text("#round-answers")
     assert "new answer 0" in answers and "new answer 2" in answers
+    assert "held-out" in answers and "heldout" not in answers  # one spelling
     assert "Succeeded" in page.inner_text("#round-live")
     assert page.url == round_url
     assert len(polls) >= 2  # the first load, then at least one htmx poll

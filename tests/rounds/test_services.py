@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from annotate.models import Comparison, Response
@@ -269,6 +271,8 @@ def test_the_form_launches_for_one_case_and_refuses_an_empty_filter(client, cura
     assert launched["Location"] == f"/rounds/generations/{generation.pk}/"
     page = client.get(launched["Location"])
     assert b"Queued" in page.content and b"0 of 1 cases" in page.content
+    words = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", page.content.decode()))
+    assert "queued queued" not in words.lower() and "Queued waiting for a GPU worker" in words
 
 
 def test_round_zero_takes_the_rejected_side_of_an_imported_pair(curator, base_model):

@@ -157,6 +157,9 @@ def test_launch_form_queues_a_job_and_opens_its_page(curator_client, project, mo
     assert (job.config["beta"], job.config["lora_r"], job.config["epochs"]) == (0.2, 8, 4)
     detail = curator_client.get(response.url)
     assert b'hx-trigger="every 1s"' in detail.content  # polls while queued
+    words = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", detail.content.decode()))
+    assert "queued queued" not in words.lower()  # the badge said it, the phase said it again
+    assert "Queued waiting for a GPU worker" in words
 
 
 def test_finished_job_page_says_plainly_when_the_patch_is_bad(curator_client, finished_job):
@@ -180,7 +183,7 @@ def test_job_list_shows_status_and_duration_in_few_queries(
     curator_client, finished_job, django_assert_max_num_queries
 ):
     # 8 for the page and its list, 5 for the launch preview (pairs, votes, eval prompts); the
-    # preview reads in chunks, so neither grows with the number of jobs or cases.
+    # preview reads comparisons 500 at a time, so it grows by two per 500, not per job or case.
     with django_assert_max_num_queries(13):
         page = curator_client.get(reverse("training:project_jobs", args=["shop"]))
     html = page.content.decode()
@@ -394,3 +397,25 @@ def test_the_launch_form_says_so_when_there_is_no_pair_yet(curator_client, model
     project_create(name="Fresh", slug="fresh")
     page = curator_client.get(reverse("training:project_jobs", args=["fresh"]))
     assert "No preference pairs yet" in page.content.decode()
+
+
+def test_held_out_is_spelt_one_way_on_the_job_page_and_the_model_card(
+    curator_client, project, curator, model_folder
+):
+    heldout = {"prompt": "Ridge boots on sale?", "kind": "heldout", "expected": "Yes.",
+               "before": "No.", "after": "Yes.", "fixed": True, "changed": True}  # fmt: skip
+    summary = {**REPORT["summary"], "heldout": {"total": 1, "with_expected": 1, "fixed": 1,
+                                                "changed": 1, "unchanged": 0}}  # fmt: skip
+    report = {**REPORT, "summary": summary, "eval": [*REPORT["eval"], heldout]}
+    job = services.job_enqueue(project=project, actor=curator.user, config={"epochs": 3})
+    services.job_claim(job_id=job.pk, worker_name="gpu0@test")
+    services.job_succeed(job_id=job.pk, report=report, metrics_series=[], latest_metrics={},
+                         artifact_path="", artifact_sha256="")  # fmt: skip
+    page = curator_client.get(reverse("training:job_detail", args=[job.pk])).content.decode()
+    words = re.sub(r"<[^>]+>", " ", page)  # what a person reads, not attribute values
+    assert "Held-out prompts" in words and "held-out fixed" in words
+    assert "heldout" not in words.lower()
+    job.refresh_from_db()
+    card = artifacts.model_card(job=job, report=report)
+    assert "- held-out: 1/1 fixed" in card and "| held-out | Ridge boots on sale? |" in card
+    assert "heldout" not in card

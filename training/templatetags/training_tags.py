@@ -2,6 +2,8 @@ from typing import Any
 
 from django import template
 
+from annotate.models import kind_label as _kind_label
+
 register = template.Library()
 
 
@@ -31,3 +33,9 @@ def seconds(value: float | None) -> str:
 @register.filter
 def percent(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.0f} %"
+
+
+@register.filter
+def kind_label(kind: str) -> str:
+    """ "heldout" reads "held-out" (annotate.models.kind_label)."""
+    return _kind_label(kind)
