@@ -44,12 +44,12 @@ def _watch(page) -> dict[str, list]:
         dialog.dismiss()
 
     def on_console(message) -> None:
-        # A failed request is reported below with its URL (the browser's own favicon probe aside).
+        # A failed request is reported below with its URL.
         if message.type == "error" and not message.text.startswith("Failed to load resource"):
             seen["errors"].append(message.text)
 
     def on_response(response) -> None:
-        if response.status >= 400 and not response.url.endswith("/favicon.ico"):
+        if response.status >= 400:
             seen["errors"].append(f"{response.status} {response.url}")
 
     page.on("dialog", on_dialog)

@@ -216,10 +216,22 @@ def test_a_real_worker_runs_a_task_from_the_gpu_queue(start_worker):
     assert "probe_worker" in worker.log()
 
 
+def test_the_favicon_is_answered_at_the_root_for_anyone(client):
+    response = client.get("/favicon.ico")
+    assert response.status_code == 301 and response["Location"].endswith("favicon.svg")
+
+
 @pytest.mark.browser
 def test_browser_logs_in_and_sees_the_home_page(live_server, page, curator):
+    failed = []
+    page.on("response", lambda r: failed.append(r.url) if r.status >= 400 else None)
     page.goto(live_server.url + "/")
     assert "/accounts/login" in page.url
+    icon = page.locator("link[rel=icon]").get_attribute("href")
+    fetched = "url => fetch(url).then(r => [r.status, r.headers.get('content-type')])"
+    assert page.evaluate(fetched, icon) == [200, "image/svg+xml"]
+    assert page.evaluate(fetched, "/favicon.ico") == [200, "image/svg+xml"]
+    assert not failed, failed
     login(page, live_server, curator)
     assert page.locator("header").inner_text().find("carla") >= 0
     assert page.locator("h1").first.inner_text() == "Projects"
