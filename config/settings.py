@@ -161,6 +161,18 @@ PATCHWISE_TOKEN_CHECK_SECONDS = float(os.environ.get("PATCHWISE_TOKEN_CHECK_SECO
 # than the stale limit is failed by the periodic reaper (its worker died).
 PATCHWISE_JOB_HEARTBEAT_SECONDS = float(os.environ.get("PATCHWISE_JOB_HEARTBEAT_SECONDS", "10"))
 PATCHWISE_JOB_STALE_SECONDS = float(os.environ.get("PATCHWISE_JOB_STALE_SECONDS", "90"))
+# Light Celery tasks (every task off the gpu queue: the reapers) are stopped after these many
+# seconds: the soft limit raises SoftTimeLimitExceeded inside the task (its transaction rolls
+# back), the hard one kills the worker child that ignored it. Beat runs the reapers every 60 s,
+# so a reaper stuck on a lock ends before the next one starts. GPU tasks have no time limit:
+# their heartbeat and the reaper watch them (config/celery.py).
+PATCHWISE_LIGHT_TASK_SOFT_SECONDS = float(os.environ.get("PATCHWISE_LIGHT_TASK_SOFT_SECONDS", "45"))
+PATCHWISE_LIGHT_TASK_HARD_SECONDS = float(os.environ.get("PATCHWISE_LIGHT_TASK_HARD_SECONDS", "55"))
+if not 0 < PATCHWISE_LIGHT_TASK_SOFT_SECONDS < PATCHWISE_LIGHT_TASK_HARD_SECONDS:
+    raise ImproperlyConfigured(
+        f"PATCHWISE_LIGHT_TASK_SOFT_SECONDS={PATCHWISE_LIGHT_TASK_SOFT_SECONDS:g} must be above 0 "
+        f"and below PATCHWISE_LIGHT_TASK_HARD_SECONDS={PATCHWISE_LIGHT_TASK_HARD_SECONDS:g}"
+    )
 # GPUs a gpu worker may give one job (its node's GPUs; one worker per node). A job whose
 # config asks for more ("gpus") is refused at launch; one above 1 trains under torchrun.
 PATCHWISE_WORKER_GPUS = int(os.environ.get("PATCHWISE_WORKER_GPUS", "1"))

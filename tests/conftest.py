@@ -115,7 +115,9 @@ def _test_database_url() -> str:
 class WorkerProcess:
     """A real `celery worker` in a child process, talking to the test database over Redis."""
 
-    def __init__(self, queues: str, extra_env: dict[str, str], log_path: Path) -> None:
+    def __init__(
+        self, queues: str, extra_env: dict[str, str], log_path: Path, pool: str = "solo"
+    ) -> None:
         self.log_path = log_path
         env = {**os.environ, "DATABASE_URL": _test_database_url(), **extra_env}
         env.pop("TEST_DATABASE_NAME", None)
@@ -123,7 +125,7 @@ class WorkerProcess:
         self.process = subprocess.Popen(
             [
                 sys.executable, "-m", "celery", "-A", "config", "worker",
-                "-Q", queues, "--pool", "solo", "--concurrency", "1",
+                "-Q", queues, "--pool", pool, "--concurrency", "1",
                 "--hostname", f"test-{os.getpid()}-{time.monotonic_ns()}@%h",
                 "--without-gossip", "--without-mingle", "--loglevel", "INFO",
             ],
@@ -163,17 +165,21 @@ class WorkerProcess:
 
 @pytest.fixture
 def start_worker(transactional_db, tmp_path):
-    """Factory: start_worker(queues="gpu,default", env={...}) -> WorkerProcess; stopped after."""
+    """Factory: start_worker(queues="gpu,default", env={...}, pool="solo") -> WorkerProcess;
+    stopped after. Pool "prefork" (as production runs) where time limits matter: solo ignores
+    them."""
     from config.celery import app
 
     started: list[WorkerProcess] = []
 
-    def start(queues: str = "default,gpu", env: dict[str, str] | None = None) -> WorkerProcess:
+    def start(
+        queues: str = "default,gpu", env: dict[str, str] | None = None, pool: str = "solo"
+    ) -> WorkerProcess:
         if not app.conf.broker_url.startswith("redis://"):
             pytest.fail("worker tests need Redis: set CELERY_BROKER_URL=redis://...")
         if not started:
             app.control.purge()  # messages left over from an earlier, interrupted run
-        worker = WorkerProcess(queues, env or {}, tmp_path / f"worker-{len(started)}.log")
+        worker = WorkerProcess(queues, env or {}, tmp_path / f"worker-{len(started)}.log", pool)
         started.append(worker)
         return worker
 
