@@ -5,6 +5,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser, Group
+from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
 from django.utils import timezone
@@ -18,7 +19,9 @@ TOKEN_PREFIX = "pw_"
 
 @transaction.atomic
 def user_create(*, username: str, role: str, password: str | None = None) -> tuple:
-    """Create a user with one role; returns (user, password) — generated when none is given."""
+    """Create a user with one role; returns (user, password) — generated when none is given.
+
+    A given password must pass AUTH_PASSWORD_VALIDATORS, as it would on Django's own forms."""
     if role not in ROLES:
         raise ValidationError({"role": f"role must be one of {', '.join(ROLES)}, not {role!r}"})
     User = get_user_model()
@@ -26,8 +29,12 @@ def user_create(*, username: str, role: str, password: str | None = None) -> tup
         raise ValidationError({"username": f"user {username!r} already exists"})
     password = password or secrets.token_urlsafe(12)
     user = User(username=username)
+    user.full_clean(exclude=["password"])
+    try:
+        validate_password(password, user)
+    except ValidationError as exc:
+        raise ValidationError({"password": exc.messages}) from None
     user.set_password(password)
-    user.full_clean()
     user.save()
     user_set_role(user=user, role=role)
     return user, password

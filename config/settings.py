@@ -33,8 +33,18 @@ def env_list(name: str, default: str) -> list[str]:
 
 DEBUG = env_bool("DEBUG", False)
 _DEV_SECRET_KEY = "django-insecure-patchwise-development-only-key-never-use-in-production"
-# Without SECRET_KEY a development key is used; `manage.py check --deploy` flags it.
-SECRET_KEY = os.environ.get("SECRET_KEY") or _DEV_SECRET_KEY
+# With DEBUG on (make up) a missing SECRET_KEY falls back to a development key; with DEBUG off
+# the app refuses to start without one, since sessions and tokens would be signed with a key
+# anyone can read in this file.
+SECRET_KEY = os.environ.get("SECRET_KEY", "").strip()
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "SECRET_KEY is not set and DEBUG is off: set SECRET_KEY to a long random string, e.g. "
+            "python3 -c 'import secrets; print(secrets.token_urlsafe(50))' (or DEBUG=1 to try "
+            "the app on your own machine)"
+        )
+    SECRET_KEY = _DEV_SECRET_KEY
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "127.0.0.1,localhost")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", "")
 
@@ -179,6 +189,16 @@ PATCHWISE_WORKER_GPUS = int(os.environ.get("PATCHWISE_WORKER_GPUS", "1"))
 
 ARTIFACT_ROOT = Path(os.environ.get("ARTIFACT_ROOT", VAR_DIR / "artifacts"))
 PATCHWISE_BASE_MODEL = os.environ.get("PATCHWISE_BASE_MODEL", str(VAR_DIR / "demo-model"))
+# The folders a job's or a generation's `model`/`adapter` path must lie under (colon-separated;
+# unset: the base model's folder and ARTIFACT_ROOT, as they are at the time of the check). A path
+# outside them is refused with one message whether it exists or not, so a launch cannot be used
+# to probe the server's disk.
+PATCHWISE_MODEL_ROOTS = [
+    Path(root) for root in os.environ.get("PATCHWISE_MODEL_ROOTS", "").split(os.pathsep) if root
+] or None
+# A monitor that sends `Authorization: Bearer <this>` to /healthz reads why a part is down;
+# anonymous probes see only "ok"/"down" (staff sessions see the reasons too).
+PATCHWISE_HEALTHZ_TOKEN = os.environ.get("PATCHWISE_HEALTHZ_TOKEN", "")
 
 # Security headers; the deploy ones apply when DEBUG is off (manage.py check --deploy is clean).
 SECURE_CONTENT_TYPE_NOSNIFF = True

@@ -1,3 +1,5 @@
+import hmac
+
 from django.conf import settings
 from django.contrib.auth.decorators import login_not_required
 from django.db import connections
@@ -29,11 +31,22 @@ def _check_broker() -> str | None:
     return None
 
 
+def _may_see_details(request: HttpRequest) -> bool:
+    """Staff, or a probe with `Authorization: Bearer $PATCHWISE_HEALTHZ_TOKEN`, may read why a
+    part is down; the error text names hosts, ports and drivers, which is no one else's business."""
+    if getattr(request, "user", None) is not None and request.user.is_staff:
+        return True
+    token = settings.PATCHWISE_HEALTHZ_TOKEN
+    given = request.headers.get("Authorization", "")
+    return bool(token) and hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
+
+
 @login_not_required
 @never_cache
 @require_GET
 def healthz(request: HttpRequest) -> JsonResponse:
-    """200 when the database and the broker answer; 503 naming the one that does not."""
+    """200 when the database and the broker answer; 503 naming the one that does not (and,
+    for staff or the health token, why)."""
     checks = {"database": _check_database(), "broker": _check_broker()}
     failing = {name: error for name, error in checks.items() if error}
     body = {
@@ -41,7 +54,7 @@ def healthz(request: HttpRequest) -> JsonResponse:
         "database": "ok" if not checks["database"] else "down",
         "broker": "ok" if not checks["broker"] else "down",
     }
-    if failing:
+    if failing and _may_see_details(request):
         body["errors"] = failing
     return JsonResponse(body, status=503 if failing else 200)
 

@@ -123,11 +123,11 @@ def job_adapter_path(job: Any) -> str:
     return str(folder)
 
 
-def _check_model(model_path: str) -> None:
+def _check_model(model_path: str, project: Project) -> None:
     from training.services import JobRefused, check_folders
 
     try:
-        check_folders(model=model_path, adapter=None)
+        check_folders(model=model_path, adapter=None, project=project)
     except JobRefused as error:
         raise GenerationRefused(str(error)) from None
 
@@ -171,7 +171,7 @@ def generation_create(
         adapter_path = job_adapter_path(job)
     model_path = model_path or (job.base_model if job is not None else "")
     model_path = model_path or settings.PATCHWISE_BASE_MODEL
-    _check_model(model_path)
+    _check_model(model_path, project)
 
     with transaction.atomic():
         generation = GenerationRequest(

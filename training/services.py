@@ -27,6 +27,7 @@ from accounts.services import audit_record
 from core.text import storable
 from training.lifecycle import request_cancel, transition
 from training.models import JobStatus, TrainingJob
+from training.paths import PathRefused, check_allowed_path, check_path_text
 
 # The config keys a launch may set: the engine CLI's flags, underscored (DESIGN.md). Anything
 # else (cache folders, target modules) stays the engine's business.
@@ -108,6 +109,12 @@ def resolve_config(config: dict[str, Any] | None) -> dict[str, Any]:
     if not given.get("adapter"):
         given["adapter"] = None
     try:
+        for key in ("model", "adapter"):
+            if given[key] is not None:
+                check_path_text(given[key], name=key)
+    except PathRefused as error:
+        raise JobRefused(f"config: {error}") from None
+    try:
         engine_config = TrainConfig.from_dict(given)
         validate_config(engine_config)
     except (EngineError, TypeError) as error:
@@ -148,12 +155,19 @@ def missing_base_model_message(path: str) -> str:
     )
 
 
-def check_folders(*, model: str, adapter: str | None) -> None:
-    """Refuse a model or adapter path the worker could not load (the engine's own checks: plain
+def check_folders(*, model: str, adapter: str | None, project: Any) -> None:
+    """Refuse a model or adapter path outside PATCHWISE_MODEL_ROOTS or of another project's
+    jobs (training/paths.py), or one the worker could not load (the engine's own checks: plain
     file checks, no torch on the web host)."""
     from training.engine import EngineError
     from training.engine.folders import check_adapter_folder, check_model_folder
 
+    try:
+        check_allowed_path(model, name="model", project=project)
+        if adapter:
+            check_allowed_path(adapter, name="adapter", project=project)
+    except PathRefused as error:
+        raise JobRefused(str(error)) from None
     if model == settings.PATCHWISE_BASE_MODEL and not Path(model).expanduser().is_dir():
         raise JobRefused(missing_base_model_message(model))
     try:
@@ -173,7 +187,7 @@ def job_enqueue(
 
     require_curator(actor)
     resolved = resolve_config(config)
-    check_folders(model=resolved["model"], adapter=resolved["adapter"])
+    check_folders(model=resolved["model"], adapter=resolved["adapter"], project=project)
 
     pairs = [dict(pair) for pair in preference_pairs(project=project)]
     if not pairs:

@@ -88,7 +88,7 @@ def test_api_refuses_bad_launches_with_a_detail(curator_client, project, model_f
             "/api/v1/projects/shop/jobs", body, content_type="application/json"
         )
 
-    missing = launch({"config": {"model": str(tmp_path / "nope")}})
+    missing = launch({"config": {"model": str(model_folder / "nope")}})
     assert missing.status_code == 400 and "does not exist" in missing.json()["detail"]
     bad = launch({"config": {"loss": "magic"}})
     assert bad.status_code == 400 and "'loss' must be one of" in bad.json()["detail"]
@@ -112,7 +112,8 @@ def test_api_refuses_bad_launches_with_a_detail(curator_client, project, model_f
     assert job["data"]["pairs"] == 1
 
 
-def test_launch_form_shows_the_refusal_on_the_page(curator_client, project, tmp_path):
+def test_launch_form_shows_the_refusal_on_the_page(curator_client, project, tmp_path, settings):
+    settings.PATCHWISE_MODEL_ROOTS = [tmp_path]
     response = curator_client.post(
         reverse("training:project_jobs", args=["shop"]),
         {"model": str(tmp_path / "nope"), "epochs": 3, "beta": 0.1, "loss": "sigmoid",
@@ -254,7 +255,7 @@ def test_the_model_card_lists_the_last_steps_metrics(finished_job):
 def test_a_patch_on_a_deployed_adapter_ships_both_as_one_lora(
     curator_client, project, curator, model_folder, tmp_path, artifact_root
 ):
-    deployed = tmp_path / "deployed"
+    deployed = artifact_root / "deployed"  # under ARTIFACT_ROOT, one of the model roots
     deployed.mkdir()
     (deployed / "adapter_config.json").write_text('{"r": 8}')
     (deployed / "adapter_model.safetensors").write_bytes(b"weights")

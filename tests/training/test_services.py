@@ -83,7 +83,8 @@ def test_later_labels_do_not_change_a_launched_job_but_change_the_next_hash(
     assert later.data_sha256 != first.data_sha256
 
 
-def test_launch_is_refused_with_a_reason(project, curator, model_folder, tmp_path):
+def test_launch_is_refused_with_a_reason(project, curator, model_folder, tmp_path, settings):
+    settings.PATCHWISE_MODEL_ROOTS = [tmp_path]
     empty = project_create(name="Empty", slug="empty")
     with pytest.raises(services.JobRefused, match="no preference pairs"):
         enqueue(empty, curator)
