@@ -58,6 +58,21 @@ def wait_for(predicate, *, timeout: float = 240, every: float = 0.25, what: str 
     pytest.fail(f"timed out waiting for {what}")
 
 
+def processes_mentioning(text: str) -> list[int]:
+    """Live processes whose command line holds ``text`` (a test's own folder): what a job left
+    running."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if text in cmdline:
+                found.append(int(entry.name))
+    return found
+
+
 @dataclass
 class Account:
     user: object

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
+import os
 import sys
+import traceback
 import warnings
 from pathlib import Path
 from typing import NoReturn
@@ -53,6 +56,13 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "decoder blocks, as this architecture names them)",
     )
     parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument(
+        "--progress",
+        choices=("text", "json"),
+        default="text",
+        help="text: a line per step; json: every progress event as one JSON object a line "
+        "(what the gpu worker reads from a torchrun job)",
+    )
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -83,14 +93,26 @@ def _run_train(args: argparse.Namespace) -> int:
 
     import transformers
 
+    from training.engine import distributed
     from training.engine.trainer import train
 
     transformers.logging.set_verbosity_error()  # the CLI prints its own progress
     warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notices
     transformers.logging.disable_progress_bar()
+    ranks = distributed.init_from_environment()  # under torchrun: join the other ranks
+    try:
+        return _train_and_print(args, config, pairs, eval_items, ranks, train)
+    finally:
+        distributed.shutdown()
+
+
+def _train_and_print(args, config, pairs, eval_items, ranks, train) -> int:
+    """Train (on this rank's share), then, on rank 0 only, print what was done."""
 
     def show(progress: dict) -> None:
-        if progress["phase"] == "train" and "loss" in progress.get("metrics", {}):
+        if args.progress == "json":
+            print(json.dumps(progress), flush=True)
+        elif progress["phase"] == "train" and "loss" in progress.get("metrics", {}):
             metrics = progress["metrics"]
             print(
                 f"epoch {progress['epoch']} step {progress['step']}/{progress['total']} "
@@ -100,6 +122,8 @@ def _run_train(args: argparse.Namespace) -> int:
             )
 
     result = train(config, pairs=pairs, out_dir=args.out, eval_items=eval_items, on_progress=show)
+    if not ranks.is_main:
+        return 0
     report = result.report
     data = report["data"]
     print(
@@ -153,6 +177,20 @@ def main(argv: list[str] | None = None) -> int:
     except Cancelled as cancelled:
         print(f"cancelled: {cancelled}", file=sys.stderr)
         return 130
+    except Exception as error:
+        if not _distributed_rank():
+            raise
+        # Under torchrun, say which rank failed in one line the gpu worker can show the user;
+        # the traceback above it is for the log.
+        traceback.print_exc()
+        rank = _distributed_rank()
+        print(f"error: rank {rank} failed: {type(error).__name__}: {error}", file=sys.stderr)
+        return 1
+
+
+def _distributed_rank() -> str | None:
+    """This process's rank when torchrun started it among several, else None."""
+    return os.environ.get("RANK") if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from training.engine import distributed
 from training.engine.config import COMBINED, TrainConfig, validate_config
 from training.engine.data import (
     EncodedPair,
@@ -32,6 +33,7 @@ from training.engine.data import (
     encode_prompt,
     parse_eval_items,
 )
+from training.engine.distributed import Ranks, shard
 from training.engine.errors import Cancelled, EngineError
 from training.engine.evaluate import fit_to_context, generate_greedy, generate_greedy_ids, is_fixed
 from training.engine.logprobs import completion_logps_concat, pair_logps
@@ -71,18 +73,27 @@ class LoopResult:
 
 class ProgressHooks:
     """The caller's progress callback and cancel check, both run by ``tick`` at every step of
-    every phase (a cancel raises Cancelled there, so no phase runs long past one)."""
+    every phase (a cancel raises Cancelled there, so no phase runs long past one).
+
+    Under torchrun, rank 0 alone reports, and its cancel decision reaches every rank: every
+    rank calls ``tick`` at the same points, so all of them stop at the same step.
+    """
 
     def __init__(
-        self, on_progress: ProgressCallback | None, should_cancel: Callable[[], bool] | None
+        self,
+        on_progress: ProgressCallback | None,
+        should_cancel: Callable[[], bool] | None,
+        ranks: Ranks = distributed.SINGLE,
     ) -> None:
         self.on_progress = on_progress
         self.should_cancel = should_cancel
+        self.ranks = ranks
 
     def tick(self, phase: str, step: int, total: int, **extra: Any) -> None:
-        if self.should_cancel is not None and self.should_cancel():
+        cancel = self.ranks.is_main and self.should_cancel is not None and self.should_cancel()
+        if distributed.any_rank(cancel, self.ranks):
             raise Cancelled(f"cancelled during {phase}")
-        if self.on_progress is not None:
+        if self.on_progress is not None and self.ranks.is_main:
             self.on_progress({"phase": phase, "step": step, "total": total, **extra})
 
 
@@ -100,11 +111,21 @@ def train(
 
     ``base``, when given, is reused and left exactly as it was (the patch is removed without
     merging, also on error or cancel). Raises EngineError for bad input, Cancelled on cancel.
+
+    Under torchrun (torch.distributed initialised, see training.engine.distributed) every rank
+    calls this with the same arguments; the work is split across them, rank 0 alone reports
+    progress and writes ``out_dir``, and the other ranks return an empty report.
     """
     validate_config(config)
+    ranks = distributed.current()
+    if config.batch_size < ranks.world:
+        raise EngineError(
+            f"--batch-size {config.batch_size} is below the {ranks.world} processes: each one "
+            f"takes a share of every step's pairs, so use at least {ranks.world}"
+        )
     check_out_dir(Path(out_dir), adapter=config.adapter)
     items = parse_eval_items(eval_items) if eval_items else []
-    hooks = ProgressHooks(on_progress, should_cancel)
+    hooks = ProgressHooks(on_progress, should_cancel, ranks)
     if base is None:
         base = load_base(config.model)
     _seed_everything(config.seed)
@@ -209,6 +230,20 @@ def _train_patch(
     after = [tokenizer.decode(ids, skip_special_tokens=True) for ids in after_ids]
     timings["eval_after_s"] = time.perf_counter() - started
 
+    if not hooks.ranks.is_main:  # rank 0 builds the report and writes the files; others wait
+        hooks.tick("saving", 0, 1)
+        distributed.barrier(hooks.ranks)
+        hooks.tick("saving", 1, 1)
+        return TrainResult(
+            out_dir=out_dir,
+            adapter_files=[],
+            metrics_path=out_dir / "metrics.json",
+            report_path=out_dir / "report.json",
+            metrics=loop.metrics,
+            report={},
+            stopped_reason=loop.stopped_reason,
+            stopped_epoch=loop.stopped_epoch,
+        )
     report = build_report(
         config=config,
         patch=patch,
@@ -227,10 +262,12 @@ def _train_patch(
         flagged=flagged,
         timings=timings,
     )
+    report["training"]["processes"] = hooks.ranks.world  # torchrun ranks sharing each step
 
     # ---- saving: everything goes to a staging folder, then each file is renamed into place
     hooks.tick("saving", 0, 1)
     files = _save(patch, out_dir, loop.metrics, report)
+    distributed.barrier(hooks.ranks)
     hooks.tick("saving", 1, 1)
     return TrainResult(
         out_dir=out_dir,
@@ -273,53 +310,34 @@ def _dpo_loop(
         order_rng.shuffle(order)
         for start in range(0, len(order), config.batch_size):
             batch = [pairs[i] for i in order[start : start + config.batch_size]]
-            index = torch.tensor([pair.index for pair in batch])
-            policy = pair_logps(model, batch, pad_id=pad_id, prefix_sharing=config.prefix_sharing)
-            batch_ref_chosen = ref_chosen[index].to(policy.chosen.device)
-            batch_ref_rejected = ref_rejected[index].to(policy.chosen.device)
-            dpo_loss = preference_losses(
-                policy.chosen,
-                policy.rejected,
-                batch_ref_chosen,
-                batch_ref_rejected,
-                loss=config.loss,
-                beta=config.beta,
-                label_smoothing=config.label_smoothing,
-                chosen_tokens=policy.chosen_tokens,
-                rejected_tokens=policy.rejected_tokens,
-            ).mean()
-            nll = -policy.chosen.sum() / policy.chosen_tokens.sum()
-            loss = dpo_loss + config.sft_weight * nll if config.sft_weight else dpo_loss
-            step_metrics = {"dpo_loss": dpo_loss.item(), "nll": nll.item()}
-            if retain and config.retain_weight:
-                # the next retain_per_step regression answers, cycling through them in order
-                picked = [
-                    retain[retain_order[(step * config.retain_per_step + k) % len(retain)]]
-                    for k in range(min(config.retain_per_step, len(retain)))
-                ]
-                logp, tokens = completion_logps_concat(
-                    model, [p for p, _ in picked], [a for _, a in picked], pad_id=pad_id
-                )
-                retain_nll = -logp.sum() / tokens.sum()
-                loss = loss + config.retain_weight * retain_nll
-                step_metrics["retain_nll"] = retain_nll.item()
+            # the next retain_per_step regression answers, cycling through them in order
+            picked = [
+                retain[retain_order[(step * config.retain_per_step + k) % len(retain)]]
+                for k in range(min(config.retain_per_step, len(retain)))
+            ] if retain and config.retain_weight else []  # fmt: skip
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            terms, batch_policy = _step_loss(config, model, batch, picked, ref_chosen,
+                                             ref_rejected, pad_id, hooks.ranks)  # fmt: skip
+            distributed.sum_gradients(patch.trainable_parameters(), hooks.ranks)
             if config.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_(patch.trainable_parameters(), config.max_grad_norm)
             optimizer.step()
             step += 1
+            loss = terms[0]
             _require_finite(patch, loss, step, config)
+            index = torch.tensor([pair.index for pair in batch])
             step_metrics = {
                 "loss": loss.item(),
                 **reward_metrics(
-                    policy.chosen,
-                    policy.rejected,
-                    batch_ref_chosen,
-                    batch_ref_rejected,
+                    batch_policy[:, 0],
+                    batch_policy[:, 1],
+                    ref_chosen[index],
+                    ref_rejected[index],
                     beta=config.beta,
                 ),
-                **step_metrics,
+                "dpo_loss": terms[1].item(),
+                "nll": terms[2].item(),
+                **({"retain_nll": terms[3].item()} if picked else {}),
                 "step": step,
                 "epoch": epoch,
             }
@@ -329,9 +347,7 @@ def _dpo_loop(
 
         # end of epoch: are all flagged prompts fixed yet? (--epochs is a budget)
         if config.early_stop and flagged:
-            answers = generate_greedy(
-                model, tokenizer, [item.prompt for item in flagged], config.max_new_tokens
-            )
+            answers = _sharded_greedy(model, tokenizer, flagged, config, hooks.ranks)
             fixed = sum(
                 bool(is_fixed(answer, item.expected))
                 for answer, item in zip(answers, flagged, strict=True)
@@ -356,42 +372,108 @@ def _dpo_loop(
     )
 
 
+def _step_loss(
+    config: TrainConfig,
+    model: torch.nn.Module,
+    batch: list[EncodedPair],
+    picked: list[tuple[list[int], list[int]]],
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    pad_id: int,
+    ranks: Ranks,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward and backward of one optimizer step on this rank's share of ``batch`` and of the
+    retain answers ``picked`` (all of them in one process).
+
+    Every term is divided by the WHOLE step's count (pairs, chosen tokens, retain tokens), so
+    the ranks' losses and gradients add up to the one-process step's. Returns the step's
+    (loss, dpo_loss, nll, retain_nll), summed over the ranks, and the policy log-probs of every
+    pair of ``batch`` (a row of chosen, rejected each), gathered from the ranks.
+    """
+    device = next(model.parameters()).device
+    mine, my_picks = shard(batch, ranks), shard(picked, ranks)
+    zero = torch.zeros((), device=device)
+    loss = dpo_loss = nll = retain_nll = zero
+    batch_policy = torch.zeros(len(batch), 2, device=device)
+    if mine:
+        policy = pair_logps(model, mine, pad_id=pad_id, prefix_sharing=config.prefix_sharing)
+        index = torch.tensor([pair.index for pair in mine])
+        dpo_loss = preference_losses(
+            policy.chosen,
+            policy.rejected,
+            ref_chosen[index].to(device),
+            ref_rejected[index].to(device),
+            loss=config.loss,
+            beta=config.beta,
+            label_smoothing=config.label_smoothing,
+            chosen_tokens=policy.chosen_tokens,
+            rejected_tokens=policy.rejected_tokens,
+        ).sum() / len(batch)
+        nll = -policy.chosen.sum() / sum(len(pair.chosen_ids) for pair in batch)
+        loss = dpo_loss + config.sft_weight * nll if config.sft_weight else dpo_loss
+        batch_policy[ranks.rank :: ranks.world] = torch.stack(
+            [policy.chosen.detach(), policy.rejected.detach()], dim=1
+        )
+    if my_picks:
+        logp, _ = completion_logps_concat(
+            model, [p for p, _ in my_picks], [a for _, a in my_picks], pad_id=pad_id
+        )
+        retain_nll = -logp.sum() / sum(len(answer) for _, answer in picked)
+        loss = loss + config.retain_weight * retain_nll
+    if loss.requires_grad:  # a rank with no pair in an epoch's last, short step adds nothing
+        loss.backward()
+    terms = torch.stack([loss, dpo_loss, nll, retain_nll]).detach()
+    packed = distributed.sum_across(torch.cat([terms, batch_policy.flatten()]), ranks)
+    return packed[:4], packed[4:].view(-1, 2).cpu()
+
+
 def _reference_logps(
     config: TrainConfig, patch: Patch, pairs: list[EncodedPair], hooks: ProgressHooks
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Reference (patch off) log-probs for every pair, from the cache where possible."""
+    """Reference (patch off) log-probs for every pair, from the cache where possible.
+
+    Under torchrun, rank 0 alone reads and writes the cache (its view of it is the one every
+    rank uses: another job may write to it meanwhile), and the missing pairs are split across
+    the ranks and gathered.
+    """
+    ranks = hooks.ranks
     model_dtype = str(next(patch.model.parameters()).dtype)
     namespace = f"{patch.base.identity}|{patch.deployed_identity}|{model_dtype}"
-    cache = RefLogpCache(config.cache_dir(), namespace=namespace)
+    cache = RefLogpCache(config.cache_dir(), namespace=namespace) if ranks.is_main else None
     try:
-        cached = cache.get_many(pairs)
+        cached = distributed.broadcast_object(cache.get_many(pairs) if cache else {}, ranks)
         todo = [pair for pair in pairs if pair.index not in cached]
-        values = dict(cached)
-        batches = range(0, len(todo), config.batch_size)
+        values = torch.zeros(len(pairs), 2, dtype=torch.float32)
+        for index, (chosen, rejected) in cached.items():
+            values[index] = torch.tensor([chosen, rejected])
+        step = config.batch_size * ranks.world  # each rank: batch_size pairs per forward
+        batches = range(0, len(todo), step)
         hooks.tick("reference", 0, len(batches), metrics={"ref_cache_hits": len(cached)})
+        computed = torch.zeros(len(pairs), 2, dtype=torch.float32)
         for number, start in enumerate(batches, start=1):
-            batch = todo[start : start + config.batch_size]
-            with torch.inference_mode(), patch.reference() as reference_model:
-                logps = pair_logps(
-                    reference_model,
-                    batch,
-                    pad_id=patch.base.tokenizer.pad_token_id,
-                    prefix_sharing=config.prefix_sharing,
-                )
-            entries = [
-                (pair, chosen, rejected)
-                for pair, chosen, rejected in zip(
-                    batch, logps.chosen.tolist(), logps.rejected.tolist(), strict=True
-                )
-            ]
-            cache.put_many(entries)
-            values.update({pair.index: (chosen, rejected) for pair, chosen, rejected in entries})
+            batch = shard(todo[start : start + step], ranks)
+            if batch:
+                with torch.inference_mode(), patch.reference() as reference_model:
+                    logps = pair_logps(
+                        reference_model,
+                        batch,
+                        pad_id=patch.base.tokenizer.pad_token_id,
+                        prefix_sharing=config.prefix_sharing,
+                    )
+                index = torch.tensor([pair.index for pair in batch])
+                computed[index, 0] = logps.chosen.float().cpu()
+                computed[index, 1] = logps.rejected.float().cpu()
             hooks.tick("reference", number, len(batches), metrics={"ref_cache_hits": len(cached)})
+        computed = distributed.sum_across(computed, ranks)
+        values += computed
+        if cache is not None and todo:
+            cache.put_many(
+                [(pair, *computed[pair.index].tolist()) for pair in todo]  # written once
+            )
     finally:
-        cache.close()
-    chosen = torch.tensor([values[pair.index][0] for pair in pairs], dtype=torch.float32)
-    rejected = torch.tensor([values[pair.index][1] for pair in pairs], dtype=torch.float32)
-    return chosen, rejected, len(cached)
+        if cache is not None:
+            cache.close()
+    return values[:, 0].clone(), values[:, 1].clone(), len(cached)
 
 
 def _policy_logps(
@@ -401,34 +483,58 @@ def _policy_logps(
     pad_id: int,
     hooks: ProgressHooks,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    chosen = torch.zeros(len(pairs))
-    rejected = torch.zeros(len(pairs))
-    batches = range(0, len(pairs), config.batch_size)
+    ranks = hooks.ranks
+    values = torch.zeros(len(pairs), 2)
+    step = config.batch_size * ranks.world
+    batches = range(0, len(pairs), step)
     for number, start in enumerate(batches, start=1):
-        batch = pairs[start : start + config.batch_size]
-        with torch.inference_mode():
-            logps = pair_logps(model, batch, pad_id=pad_id, prefix_sharing=config.prefix_sharing)
-        index = torch.tensor([pair.index for pair in batch])
-        chosen[index] = logps.chosen.float().cpu()
-        rejected[index] = logps.rejected.float().cpu()
+        batch = shard(pairs[start : start + step], ranks)
+        if batch:
+            with torch.inference_mode():
+                logps = pair_logps(
+                    model, batch, pad_id=pad_id, prefix_sharing=config.prefix_sharing
+                )
+            index = torch.tensor([pair.index for pair in batch])
+            values[index, 0] = logps.chosen.float().cpu()
+            values[index, 1] = logps.rejected.float().cpu()
         hooks.tick("eval_after", number, len(batches))
-    return chosen, rejected
+    values = distributed.sum_across(values, ranks)
+    return values[:, 0].clone(), values[:, 1].clone()
 
 
 def _answer_ids(
     patch: Patch, items: list[EvalItem], config: TrainConfig, hooks: ProgressHooks, *, phase: str
 ) -> list[list[int]]:
-    """Greedy answers of the policy (the reference before training: the patch is still zero)."""
+    """Greedy answers of the policy (the reference before training: the patch is still zero),
+    each rank answering its share of every chunk of prompts."""
+    ranks = hooks.ranks
     answers: list[list[int]] = []
     chunk = 16
-    for start in range(0, len(items), chunk):
+    step = chunk * ranks.world
+    for start in range(0, len(items), step):
         hooks.tick(phase, start, len(items))
-        prompts = [item.prompt for item in items[start : start + chunk]]
-        answers += generate_greedy_ids(
+        piece = items[start : start + step]
+        prompts = [item.prompt for item in shard(piece, ranks)]
+        mine = generate_greedy_ids(
             patch.model, patch.base.tokenizer, prompts, config.max_new_tokens, batch_size=chunk
         )
+        answers += distributed.gather_shards(mine, len(piece), ranks)
     hooks.tick(phase, len(items), len(items))
     return answers
+
+
+def _sharded_greedy(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    items: list[EvalItem],
+    config: TrainConfig,
+    ranks: Ranks,
+) -> list[str]:
+    """Greedy answers to ``items`` as text, each rank answering its share; every rank gets all
+    of them (the early-stop decision must be the same everywhere)."""
+    prompts = [item.prompt for item in shard(items, ranks)]
+    mine = generate_greedy(model, tokenizer, prompts, config.max_new_tokens)
+    return distributed.gather_shards(mine, len(items), ranks)
 
 
 def _sft_warmup(
@@ -443,7 +549,7 @@ def _sft_warmup(
     The reference log-probs were computed before this, so DPO still measures the patch against
     the deployed model, not against the warmed-up one.
     """
-    pad_id = patch.base.tokenizer.pad_token_id
+    pad_id, ranks = patch.base.tokenizer.pad_token_id, hooks.ranks
     steps_per_epoch = math.ceil(len(pairs) / config.batch_size)
     total = steps_per_epoch * config.sft_warmup_epochs
     order_rng = random.Random(config.seed + 1)
@@ -453,15 +559,20 @@ def _sft_warmup(
         order_rng.shuffle(order)
         for start in range(0, len(order), config.batch_size):
             batch = [pairs[i] for i in order[start : start + config.batch_size]]
-            logp, tokens = completion_logps_concat(
-                patch.model,
-                [pair.prompt_ids for pair in batch],
-                [pair.chosen_ids for pair in batch],
-                pad_id=pad_id,
-            )
-            nll = -logp.sum() / tokens.sum()
+            mine = shard(batch, ranks)  # each rank's share, over the whole step's tokens
             optimizer.zero_grad(set_to_none=True)
-            nll.backward()
+            nll = torch.zeros((), device=patch.base.device)
+            if mine:
+                logp, _ = completion_logps_concat(
+                    patch.model,
+                    [pair.prompt_ids for pair in mine],
+                    [pair.chosen_ids for pair in mine],
+                    pad_id=pad_id,
+                )
+                nll = -logp.sum() / sum(len(pair.chosen_ids) for pair in batch)
+                nll.backward()
+            distributed.sum_gradients(patch.trainable_parameters(), ranks)
+            nll = distributed.sum_across(nll.detach(), ranks)
             if config.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_(patch.trainable_parameters(), config.max_grad_norm)
             optimizer.step()
