@@ -167,7 +167,8 @@ def judge(request: HttpRequest, slug: str) -> HttpResponse:
         reasons = "; ".join(error for errors in form.errors.values() for error in errors)
         if request.htmx:
             return _render_pair(request, project, notice=reasons, notice_kind="error")
-        return HttpResponseBadRequest(reasons)
+        # Plain text: the reasons may quote what was posted, which must never become markup.
+        return HttpResponseBadRequest(reasons, content_type="text/plain; charset=utf-8")
     ticket: Ticket = form.cleaned_data["ticket"]
     comparison = _comparison(project, ticket.comparison_id)
     choice = choice_for(form.cleaned_data["pick"], ticket.shown_left)
@@ -226,7 +227,10 @@ def project_create(request: HttpRequest) -> HttpResponse:
         project = services.project_create(**form.cleaned_data, actor=request.user)
         messages.success(request, f"Project {project.name} created. Import cases next.")
         return redirect("case_upload", slug=project.slug)
-    return render(request, "annotate/project_form.html", {"form": form, "project": None})
+    status = 400 if request.method == "POST" else 200  # the form again, with its errors
+    return render(
+        request, "annotate/project_form.html", {"form": form, "project": None}, status=status
+    )
 
 
 @curator_required
@@ -246,7 +250,10 @@ def project_settings(request: HttpRequest, slug: str) -> HttpResponse:
         )
         messages.success(request, "Settings saved.")
         return redirect("project_settings", slug=project.slug)
-    return render(request, "annotate/project_form.html", {"form": form, "project": project})
+    status = 400 if request.method == "POST" else 200  # the form again, with its errors
+    return render(
+        request, "annotate/project_form.html", {"form": form, "project": project}, status=status
+    )
 
 
 @curator_required

@@ -4,7 +4,8 @@ Each app contributes a router; every endpoint authenticates with `Authorization:
 (tokens from `manage.py create_token`) or the browser session. Errors are `{"detail": ...}`.
 """
 
-from django.core.exceptions import PermissionDenied
+from django.conf import settings
+from django.core.exceptions import PermissionDenied, RequestDataTooBig
 from django.http import Http404, HttpRequest
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError
@@ -33,6 +34,19 @@ def unauthorized(request: HttpRequest, exc: AuthenticationError):
 @api.exception_handler(PermissionDenied)
 def permission_denied(request: HttpRequest, exc: PermissionDenied):
     return api.create_response(request, {"detail": str(exc) or "Permission denied."}, status=403)
+
+
+@api.exception_handler(RequestDataTooBig)
+def body_too_big(request: HttpRequest, exc: RequestDataTooBig):
+    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    return api.create_response(
+        request,
+        {
+            "detail": f"The request body is larger than the API takes ({limit} bytes); send "
+            "fewer cases per call, or import a large file with manage.py import_cases"
+        },
+        status=413,
+    )
 
 
 @api.exception_handler(Http404)

@@ -7,6 +7,7 @@ from typing import Any
 from django import forms
 
 from rounds.services import MAX_CANDIDATES, MAX_NEW_TOKENS, SamplingSettings
+from training.engine.config import MAX_SEED
 
 _DEFAULTS = SamplingSettings()
 
@@ -50,7 +51,7 @@ class GenerationForm(forms.Form):
     max_new_tokens = forms.IntegerField(
         min_value=1, max_value=MAX_NEW_TOKENS, initial=_DEFAULTS.max_new_tokens
     )
-    seed = forms.IntegerField(initial=_DEFAULTS.seed)
+    seed = forms.IntegerField(initial=_DEFAULTS.seed, min_value=0, max_value=MAX_SEED)
 
     def __init__(self, *args: Any, jobs: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -67,7 +67,7 @@ class GenerationRequest(models.Model):
     temperature = models.FloatField(default=0.8)
     top_p = models.FloatField(default=0.95)
     max_new_tokens = models.PositiveIntegerField(default=128)
-    seed = models.IntegerField(default=0)
+    seed = models.BigIntegerField(default=0)  # 0 to 2**32 - 1, as a training seed
 
     # Live progress, written by the worker: {"step", "total", "phase"} in cases.
     progress = models.JSONField(default=dict, blank=True)

@@ -23,6 +23,9 @@ class SelectionError(Exception):
     """A case selection that names nothing usable, with the reason."""
 
 
+MAX_TAG_CHARS = 100  # the generation form's tag field
+
+
 def cases_for_selection(
     *,
     project: Project,
@@ -45,6 +48,10 @@ def cases_for_selection(
                 raise SelectionError(f"unknown split {split!r}; use {', '.join(Split.values)}")
             cases = cases.filter(split=split)
         if tag:
+            if "\x00" in tag or len(tag) > MAX_TAG_CHARS:
+                raise SelectionError(
+                    f"a tag is at most {MAX_TAG_CHARS} characters, without NUL characters"
+                )
             cases = cases.filter(tags__contains=[tag])
         return list(cases)
     if scope == "case":

@@ -37,6 +37,7 @@ from rounds.models import (
     Round,
     RoundAnswer,
 )
+from training.engine.config import MAX_SEED, SEED_RULE
 from training.lifecycle import request_cancel, transition
 
 MAX_CANDIDATES = 16  # per case and request; more is better done as two requests
@@ -86,7 +87,9 @@ def sampling_settings(**given: Any) -> SamplingSettings:
         raise GenerationRefused(
             f"'max_new_tokens' must lie between 1 and {MAX_NEW_TOKENS}, not {max_new_tokens}"
         )
-    _number(settings_.seed, "seed", integer=True)
+    seed = _number(settings_.seed, "seed", integer=True)
+    if not 0 <= seed <= MAX_SEED:  # the training config's rule
+        raise GenerationRefused(f"{SEED_RULE}, not {seed}")
     return settings_
 
 

@@ -41,7 +41,9 @@ def round_next(request: HttpRequest, slug: str) -> HttpResponse:
     project = _project(slug)
     job_id = request.POST.get("job", "")
     ready = selectors.jobs_ready_for_round(project=project)
-    job = ready.filter(pk=int(job_id)).first() if job_id.isdigit() else None
+    # ASCII digits only ("²" is a digit to str.isdigit), and few enough to be a row id
+    is_id = job_id.isascii() and job_id.isdigit() and len(job_id) <= 18
+    job = ready.filter(pk=int(job_id)).first() if is_id else None
     if job is None:
         messages.error(request, "Pick a succeeded job that has no round yet.")
         return redirect("rounds:project_rounds", slug=slug)

@@ -463,4 +463,4 @@ def test_curator_edits_the_project_settings(curator_client, annotator, project):
     )
     assert list(project.members.all()) == [annotator.user]
     bad = curator_client.post(url, {"name": "x", "overlap": 0})
-    assert bad.status_code == 200 and "errorlist" in bad.content.decode()
+    assert bad.status_code == 400 and "errorlist" in bad.content.decode()

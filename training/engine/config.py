@@ -40,6 +40,9 @@ VLLM_MAX_LORA_RANK = VLLM_MAX_LORA_RANKS[-1]
 # Where train writes the patch combined with the deployed adapter, as one LoRA (a subfolder of
 # its output folder).
 COMBINED = "combined"
+# Seeds of training and sampling alike: what numpy's and torch's generators all accept.
+MAX_SEED = 2**32 - 1
+SEED_RULE = f"'seed' must be a whole number from 0 to {MAX_SEED}"
 
 
 def vllm_max_lora_rank(rank: int) -> int:
@@ -157,8 +160,10 @@ def validate_config(config: TrainConfig) -> None:
         "'sft_warmup_epochs' must be an integer, 0 or more",
     )
     _require(
-        isinstance(config.seed, int) and 0 <= config.seed < 2**32,
-        "'seed' must be a whole number from 0 to 4294967295",
+        isinstance(config.seed, int)
+        and not isinstance(config.seed, bool)
+        and 0 <= config.seed <= MAX_SEED,
+        SEED_RULE,
     )
     if config.lora_alpha is not None:
         _require(
