@@ -158,7 +158,10 @@ def run_claimed_job(job: TrainingJob) -> str:
     staging = artifacts.job_dir(job.pk) / f".staging-{uuid.uuid4().hex}"
     try:
         progress.write(force=True)
-        config = TrainConfig.from_dict(job.config)
+        # Keys the worker acts on (how many GPUs) are not the engine's.
+        config = TrainConfig.from_dict(
+            {k: v for k, v in job.config.items() if k not in services.WORKER_KEYS}
+        )
         base, from_memory = model_cache.get_base(job.base_model)
         logger.info("job %s: base model %s", job.pk, "from memory" if from_memory else "loaded")
         staging.parent.mkdir(parents=True, exist_ok=True)
