@@ -10,6 +10,7 @@ from accounts.roles import require_curator
 from annotate.models import Project
 from rounds import selectors, services
 from rounds.models import GenerationRequest
+from training.dispatch import BrokerUnavailable
 
 router = Router(tags=["generation"])
 
@@ -63,7 +64,7 @@ def _generation(generation_id: int) -> GenerationRequest:
 
 @router.post(
     "/projects/{slug}/generations",
-    response={202: IdOut, 400: Detail, 403: Detail, 404: Detail},
+    response={202: IdOut, 400: Detail, 403: Detail, 404: Detail, 503: Detail},
     summary="Sample candidate answers from a model",
 )
 def generation_launch(request: HttpRequest, slug: str, payload: GenerationIn | None = None):
@@ -112,6 +113,8 @@ def generation_launch(request: HttpRequest, slug: str, payload: GenerationIn | N
         )
     except (selectors.SelectionError, services.GenerationRefused) as refused:
         return 400, {"detail": str(refused)}
+    except BrokerUnavailable as down:
+        return 503, {"detail": str(down)}
     return 202, {"id": generation.pk}
 
 

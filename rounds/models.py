@@ -109,6 +109,24 @@ class GenerationRequest(models.Model):
         return self.status in FINISHED_STATUSES
 
     @property
+    def lost_error(self) -> str:
+        """Running, but its heartbeat is older than the stale limit: the reaper's reason (it
+        will fail the request with it), shown before any reaper ran; "" otherwise."""
+        from training.liveness import generation_stopped_error, lost_error
+
+        return lost_error(self, stopped_error=generation_stopped_error, long=False)
+
+    @property
+    def shown_status(self) -> str:
+        from training.liveness import LOST
+
+        return LOST if self.lost_error else self.status
+
+    @property
+    def shown_status_label(self) -> str:
+        return "Lost" if self.lost_error else self.get_status_display()
+
+    @property
     def progress_percent(self) -> int:
         if self.status == GenerationStatus.SUCCEEDED:
             return 100

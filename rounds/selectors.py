@@ -240,7 +240,7 @@ def generation_api_payload(generation: GenerationRequest) -> dict[str, Any]:
     return {
         "id": generation.pk,
         "project": generation.project.slug,
-        "status": generation.status,
+        "status": generation.shown_status,  # "lost" once its worker went silent
         "purpose": generation.purpose,
         "progress": {**generation.progress, "percent": generation.progress_percent},
         "model": generation.model_path,
@@ -257,7 +257,7 @@ def generation_api_payload(generation: GenerationRequest) -> dict[str, Any]:
         "candidates": generation.candidate_count,
         "dropped": generation.duplicate_count,
         "comparisons": generation.comparison_count,
-        "error": generation.error,
+        "error": generation.error or generation.lost_error,
         "worker": generation.worker_name,
         "created_at": generation.created_at,
         "started_at": generation.started_at,

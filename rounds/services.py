@@ -37,8 +37,10 @@ from rounds.models import (
     Round,
     RoundAnswer,
 )
+from training.dispatch import publish, require_broker
 from training.engine.config import MAX_SEED, SEED_RULE
 from training.lifecycle import request_cancel, transition
+from training.liveness import generation_stopped_error, silent_worker
 
 MAX_CANDIDATES = 16  # per case and request; more is better done as two requests
 MAX_NEW_TOKENS = 4096
@@ -212,9 +214,15 @@ def generation_create(
 
 
 def _send_to_worker(generation_id: int) -> None:
+    """Publish the request's task; a broker that does not answer fails it (BrokerUnavailable)."""
     from rounds.tasks import run_generation
 
-    run_generation.apply_async(args=[generation_id])
+    publish(
+        run_generation,
+        generation_id,
+        what=f"Generation {generation_id}",
+        fail=lambda message: generation_fail(generation_id=generation_id, error=message),
+    )
 
 
 # ---------------------------------------------------------------------------------- running
@@ -374,14 +382,8 @@ def generations_reap_stale(
         if worker_name and generation.worker_name == worker_name:
             reason = f"its worker {generation.worker_name} restarted while running it"
         else:
-            reason = (
-                f"its worker {generation.worker_name or '(unknown)'} stopped sending heartbeats "
-                f"for more than {threshold:.0f} s (killed, out of memory or machine lost)"
-            )
-        error = (
-            f"Generation stopped: {reason}. The candidates stored before that are kept; "
-            "launch again for the rest."
-        )
+            reason = silent_worker(generation.worker_name, threshold, long=False)
+        error = generation_stopped_error(reason)
         if generation_fail(generation_id=generation.pk, error=error) is not None:
             reaped.append(generation.pk)
     return reaped
@@ -540,6 +542,9 @@ def round_next(*, project: Project, job: Any, actor: AbstractBaseUser) -> Round:
         raise GenerationRefused(
             f"project {project.slug} has no flagged or held-out cases to answer in a round"
         )
+    # Checked before writing: a round whose generation could not be queued would keep the job
+    # from starting its round again.
+    require_broker(f"The round of job {job.pk}")
     with transaction.atomic():
         Project.objects.select_for_update().filter(pk=project.pk).first()  # one round at a time
         _round_zero(project=project, actor=actor)

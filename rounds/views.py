@@ -16,6 +16,7 @@ from annotate.models import Project
 from rounds import selectors, services
 from rounds.forms import GenerationForm
 from rounds.models import GenerationRequest, Round
+from training.dispatch import BrokerUnavailable
 
 
 def _project(slug: str) -> Project:
@@ -49,7 +50,7 @@ def round_next(request: HttpRequest, slug: str) -> HttpResponse:
         return redirect("rounds:project_rounds", slug=slug)
     try:
         new_round = services.round_next(project=project, job=job, actor=request.user)
-    except services.GenerationRefused as refused:
+    except (services.GenerationRefused, BrokerUnavailable) as refused:
         messages.error(request, f"Cannot start the round: {refused}")
         return redirect("rounds:project_rounds", slug=slug)
     messages.success(
@@ -71,6 +72,7 @@ def generation_launch(request: HttpRequest, slug: str) -> HttpResponse:
     form = GenerationForm(request.POST or None, jobs=jobs, initial=initial)
     status = 200
     if request.method == "POST":
+        status = 400  # unless it launches: the form again, with why
         if form.is_valid():
             data = form.cleaned_data
             try:
@@ -92,12 +94,14 @@ def generation_launch(request: HttpRequest, slug: str) -> HttpResponse:
                 )
             except (selectors.SelectionError, services.GenerationRefused) as refused:
                 form.add_error(None, f"Cannot generate: {refused}")
+            except BrokerUnavailable as down:
+                form.add_error(None, str(down))
+                status = 503
             else:
                 messages.success(
                     request, f"Generation {generation.pk} queued for {len(cases)} cases."
                 )
                 return redirect("rounds:generation_detail", generation_id=generation.pk)
-        status = 400
     context = {"project": project, "form": form}
     return render(request, "rounds/generation_form.html", context, status=status)
 
@@ -172,7 +176,7 @@ def round_requeue(request: HttpRequest, round_id: int) -> HttpResponse:
     current = _round(round_id)
     try:
         generation = services.round_requeue_failing(current=current, actor=request.user)
-    except services.GenerationRefused as refused:
+    except (services.GenerationRefused, BrokerUnavailable) as refused:
         messages.error(request, str(refused))
         return redirect("rounds:round_detail", round_id=current.pk)
     messages.success(

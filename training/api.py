@@ -8,6 +8,7 @@ from pydantic import ConfigDict
 
 from accounts.roles import require_curator
 from training import artifacts, selectors, services
+from training.dispatch import BrokerUnavailable
 
 router = Router(tags=["training"])
 
@@ -27,7 +28,8 @@ class Detail(Schema):
 
 
 @router.post(
-    "/projects/{slug}/jobs", response={202: LaunchOut, 400: Detail, 403: Detail, 404: Detail}
+    "/projects/{slug}/jobs",
+    response={202: LaunchOut, 400: Detail, 403: Detail, 404: Detail, 503: Detail},
 )
 def launch_job(request: HttpRequest, slug: str, payload: LaunchIn | None = None):
     """Snapshot the project's labels and queue a patch job (curators only)."""
@@ -39,6 +41,8 @@ def launch_job(request: HttpRequest, slug: str, payload: LaunchIn | None = None)
         )
     except services.JobRefused as refused:
         return 400, {"detail": str(refused)}
+    except BrokerUnavailable as down:
+        return 503, {"detail": str(down)}
     return 202, {"id": job.pk}
 
 

@@ -77,6 +77,25 @@ class TrainingJob(models.Model):
         return self.status in FINISHED_STATUSES
 
     @property
+    def lost_error(self) -> str:
+        """Running, but its heartbeat is older than the stale limit: the reaper's reason (it
+        will fail the job with it), shown before any reaper ran; "" otherwise."""
+        from training.liveness import job_stopped_error, lost_error
+
+        return lost_error(self, stopped_error=job_stopped_error)
+
+    @property
+    def shown_status(self) -> str:
+        """The status as pages and the API show it: "lost" for a running job whose worker died."""
+        from training.liveness import LOST
+
+        return LOST if self.lost_error else self.status
+
+    @property
+    def shown_status_label(self) -> str:
+        return "Lost" if self.lost_error else self.get_status_display()
+
+    @property
     def duration_seconds(self) -> float | None:
         if self.started_at is None:
             return None

@@ -99,12 +99,12 @@ def job_api_payload(job: TrainingJob) -> dict[str, Any]:
     return {
         "id": job.pk,
         "project": job.project.slug,
-        "status": job.status,
+        "status": job.shown_status,  # "lost" once a running job's worker went silent
         "progress": job.progress,
         "metrics": job.latest_metrics,
         "config": job.config,
         "data": {"sha256": job.data_sha256, "pairs": job.pair_count, "eval": job.eval_count},
-        "error": job.error or None,
+        "error": job.error or job.lost_error or None,
         "worker": job.worker_name or None,
         "attempts": job.attempts,
         "cancel_requested": job.cancel_requested,

@@ -25,7 +25,9 @@ from django.utils import timezone
 from accounts.roles import require_curator
 from accounts.services import audit_record
 from core.text import storable
+from training.dispatch import publish
 from training.lifecycle import request_cancel, transition
+from training.liveness import job_stopped_error, silent_worker
 from training.models import JobStatus, TrainingJob
 from training.paths import PathRefused, check_allowed_path, check_path_text
 
@@ -223,9 +225,15 @@ def job_enqueue(
 
 
 def _send_to_worker(job_id: int) -> None:
+    """Publish the job's task; a broker that does not answer fails the job (BrokerUnavailable)."""
     from training.tasks import run_job
 
-    run_job.apply_async(args=[job_id])
+    publish(
+        run_job,
+        job_id,
+        what=f"Job {job_id}",
+        fail=lambda message: job_fail(job_id=job_id, error=message),
+    )
 
 
 # ---------------------------------------------------------------------------------- running
@@ -399,13 +407,8 @@ def job_reap_stale(
         if worker_name and job.worker_name == worker_name:
             reason = f"its worker {job.worker_name} restarted while running it"
         else:
-            reason = (
-                f"its worker {job.worker_name or '(unknown)'} stopped sending heartbeats "
-                f"for more than {threshold:.0f} s (it was probably killed, ran out of memory "
-                "or lost its machine)"
-            )
-        error = f"The job stopped: {reason}. Launch it again; if it fails the same way, look at "
-        error += "the worker's log and memory."
+            reason = silent_worker(job.worker_name, threshold)
+        error = job_stopped_error(reason)
         # Re-checked under the row lock: a heartbeat that arrived meanwhile saves the job.
         if job_fail(job_id=job.pk, error=error, still=stale) is not None:
             reaped.append(job.pk)

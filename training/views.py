@@ -13,6 +13,7 @@ from django.views.decorators.vary import vary_on_headers
 
 from accounts.roles import curator_required, is_curator, require_curator
 from training import artifacts, charts, selectors, services
+from training.dispatch import BrokerUnavailable
 from training.forms import LaunchForm
 
 
@@ -24,6 +25,7 @@ def project_jobs(request: HttpRequest, slug: str) -> HttpResponse:
     if request.method == "POST":
         require_curator(request.user)
         form = LaunchForm(request.POST)
+        status = 400  # unless it launches: the form again, with why
         if form.is_valid():
             try:
                 job = services.job_enqueue(
@@ -31,10 +33,12 @@ def project_jobs(request: HttpRequest, slug: str) -> HttpResponse:
                 )
             except services.JobRefused as refused:
                 form.add_error(None, f"Cannot launch: {refused}")
+            except BrokerUnavailable as down:
+                form.add_error(None, str(down))
+                status = 503
             else:
                 messages.success(request, f"Job {job.pk} queued.")
                 return redirect("training:job_detail", job_id=job.pk)
-        status = 400
     jobs = list(selectors.jobs_for_project(project=project))
     context = {
         "project": project,
