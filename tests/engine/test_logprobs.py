@@ -9,7 +9,14 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from training.engine.data import encode_pairs
-from training.engine.logprobs import pair_logps_concat, pair_logps_shared
+from training.engine.logprobs import (
+    completion_logps_concat,
+    completion_logps_full_vocab,
+    lm_parts,
+    logit_chunk_tokens,
+    pair_logps_concat,
+    pair_logps_shared,
+)
 from training.engine.modeling import load_base
 
 PLAIN_PAIRS = [
@@ -79,3 +86,50 @@ def test_shared_prefix_matches_concatenated_forward(
     # the shared KV cache (the concatenated forward backpropagates through them directly).
     for name, grad in plain_grads.items():
         torch.testing.assert_close(shared_grads[name], grad, atol=1e-4, rtol=0, msg=name)
+
+
+def _completion_gradients(model, fn, prompts, completions, pad_id, **kwargs):
+    model.zero_grad(set_to_none=True)
+    logps, tokens = fn(model, prompts, completions, pad_id=pad_id, **kwargs)
+    (logps * torch.linspace(0.5, -1.5, len(prompts))).sum().backward()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    return logps, tokens, grads
+
+
+@pytest.mark.parametrize("chunk_tokens", [1, 3, None], ids=["chunk1", "chunk3", "auto"])
+def test_chunked_head_matches_whole_vocabulary_logits(
+    tiny_model_dir: Path, chunk_tokens: int | None
+) -> None:
+    """Log-probs taken a few tokens at a time through the head (recomputed in the backward
+    pass) give the same values and gradients as whole-batch [tokens x vocabulary] logits."""
+    base = load_base(tiny_model_dir)
+    encoded = encode_pairs(base.tokenizer, PLAIN_PAIRS, max_length=256, max_prompt_length=128)
+    prompts = [pair.prompt_ids for pair in encoded for _ in range(2)]
+    completions = [c for pair in encoded for c in (pair.chosen_ids, pair.rejected_ids)]
+    torch.manual_seed(0)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"])
+    config.init_lora_weights = False
+    model = get_peft_model(base.model, config)
+    try:
+        pad_id = base.tokenizer.pad_token_id
+        whole, whole_tokens, whole_grads = _completion_gradients(
+            model, completion_logps_full_vocab, prompts, completions, pad_id
+        )
+        chunked, chunked_tokens, chunked_grads = _completion_gradients(
+            model, completion_logps_concat, prompts, completions, pad_id, chunk_tokens=chunk_tokens
+        )
+    finally:
+        model.unload()
+    torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=0)
+    assert chunked_tokens.tolist() == whole_tokens.tolist()
+    assert chunked_grads.keys() == whole_grads.keys()
+    for name, grad in whole_grads.items():
+        torch.testing.assert_close(chunked_grads[name], grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_chunked_head_keeps_at_most_a_chunk_of_logits(tiny_model_dir: Path) -> None:
+    """The chunk size follows the vocabulary: about 256 MiB of float32 logits at a time."""
+    assert logit_chunk_tokens(128_256) == 523
+    assert logit_chunk_tokens(10**12) == 1
+    parts = lm_parts(load_base(tiny_model_dir).model)
+    assert parts is not None and parts.vocabulary == 300

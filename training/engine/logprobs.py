@@ -13,6 +13,11 @@ Two implementations that compute the same numbers:
 Prompts are left-padded (so every prompt's last token sits in the last column, whose logits
 predict each answer's first token) with explicit ``position_ids``, so padding never shifts
 positions; answers are right-padded and masked.
+
+Neither holds ``[tokens x vocabulary]`` logits for the batch: the decoder gives hidden states,
+and the output head runs on the answer positions only, a chunk of tokens at a time, each chunk
+recomputed in the backward pass (``head_token_logps``). With a 128k vocabulary, whole-batch
+float32 logits are gigabytes; a chunk is 256 MiB.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from dataclasses import dataclass
 import torch
 import transformers
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 from training.engine.data import EncodedPair
 
@@ -32,6 +38,9 @@ CACHE_KWARG = (
     if "cache" in inspect.signature(transformers.LlamaForCausalLM.forward).parameters
     else "past_key_values"
 )
+# float32 logits held at once by the chunked log-probs (forward or backward): 256 MiB is
+# about 520 tokens of a 128k vocabulary, small beside an 8B model's weights and activations.
+LOGIT_CHUNK_BYTES = 256 * 2**20
 
 
 @dataclass
@@ -67,58 +76,195 @@ def _token_logps(logits: Tensor, targets: Tensor) -> Tensor:
     return torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
 
-def completion_logps_concat(
+@dataclass
+class LMParts:
+    """A causal LM split into its decoder (tokens -> last hidden states) and its output head,
+    so log-probs can be taken a chunk of tokens at a time instead of from whole-batch logits."""
+
+    decoder: torch.nn.Module
+    head: torch.nn.Module
+    vocabulary: int
+    logit_scale: float  # Cohere multiplies the head's logits by this
+    logit_divisor: float  # Granite divides them by this
+    softcap: float | None  # Gemma 2/3 squash them with tanh
+
+
+def lm_parts(model: torch.nn.Module) -> LMParts | None:
+    """The decoder and head of ``model`` (a PEFT model or a plain HF causal LM), or None when
+    this architecture does not expose them the standard way (then whole logits are used)."""
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    prefix = getattr(causal_lm, "base_model_prefix", None)
+    decoder = getattr(causal_lm, prefix, None) if prefix else None
+    get_head = getattr(causal_lm, "get_output_embeddings", None)
+    head = get_head() if get_head is not None else None
+    weight = getattr(head, "weight", None)
+    if decoder is None or decoder is causal_lm or weight is None:
+        return None
+    config = causal_lm.config
+    return LMParts(
+        decoder=decoder,
+        head=head,
+        vocabulary=weight.shape[0],
+        logit_scale=float(getattr(config, "logit_scale", None) or 1.0),
+        logit_divisor=float(getattr(config, "logits_scaling", None) or 1.0),
+        softcap=getattr(config, "final_logit_softcapping", None),
+    )
+
+
+def logit_chunk_tokens(vocabulary: int) -> int:
+    """Tokens per log-prob chunk: about LOGIT_CHUNK_BYTES of float32 logits at a time."""
+    return max(1, LOGIT_CHUNK_BYTES // (4 * vocabulary))
+
+
+def _chunk_logps(parts: LMParts, hidden: Tensor, targets: Tensor) -> Tensor:
+    logits = parts.head(hidden).float()
+    if parts.logit_scale != 1.0:
+        logits = logits * parts.logit_scale
+    if parts.logit_divisor != 1.0:
+        logits = logits / parts.logit_divisor
+    if parts.softcap:
+        logits = torch.tanh(logits / parts.softcap) * parts.softcap
+    # log_softmax(x)[t] = x[t] - logsumexp(x): no second [tokens x vocabulary] tensor
+    return logits.gather(-1, targets[:, None]).squeeze(-1) - logits.logsumexp(-1)
+
+
+def head_token_logps(
+    parts: LMParts, hidden: Tensor, targets: Tensor, *, chunk_tokens: int | None = None
+) -> Tensor:
+    """log p(target) for each row of ``hidden`` (N, H) -> (N,), in float32.
+
+    The head runs on ``chunk_tokens`` rows at a time; when gradients are needed each chunk is
+    recomputed in the backward pass (activation checkpointing) instead of keeping its logits,
+    so at most one chunk's [tokens x vocabulary] logits exist at once, forward or backward.
+    """
+    chunk = chunk_tokens or logit_chunk_tokens(parts.vocabulary)
+    recompute = torch.is_grad_enabled() and hidden.requires_grad
+    pieces = []
+    for start in range(0, hidden.shape[0], chunk):
+        rows, row_targets = hidden[start : start + chunk], targets[start : start + chunk]
+        if recompute:
+            pieces.append(checkpoint(_chunk_logps, parts, rows, row_targets, use_reentrant=False))
+        else:
+            pieces.append(_chunk_logps(parts, rows, row_targets))
+    if not pieces:
+        return hidden.new_zeros(0, dtype=torch.float32)
+    return torch.cat(pieces)
+
+
+def masked_logp_sums(
+    parts: LMParts,
+    hidden: Tensor,
+    targets: Tensor,
+    mask: Tensor,
+    *,
+    chunk_tokens: int | None = None,
+) -> Tensor:
+    """Per row, the summed log-probs of ``targets`` (B, T) where ``mask`` is set, from the
+    hidden states (B, T, H) that predict them; padding never reaches the head."""
+    keep = mask.bool()
+    rows = torch.arange(targets.shape[0], device=targets.device)[:, None].expand_as(targets)
+    logps = head_token_logps(parts, hidden[keep], targets[keep], chunk_tokens=chunk_tokens)
+    sums = torch.zeros(targets.shape[0], dtype=torch.float32, device=targets.device)
+    return sums.index_add(0, rows[keep], logps)
+
+
+def completion_logps_full_vocab(
     model: torch.nn.Module,
     prompts: list[list[int]],
     completions: list[list[int]],
     *,
     pad_id: int,
 ) -> tuple[Tensor, Tensor]:
-    """Summed log-probs of each completion after its prompt, one full sequence per row."""
+    """Summed log-probs of each completion after its prompt from whole-batch logits: the plain
+    way, kept for architectures without a separable head and as the tests' reference."""
     device = next(model.parameters()).device
     sequences = [p + c for p, c in zip(prompts, completions, strict=True)]
     input_ids, attention_mask = pad_batch(sequences, pad_id, left=False, device=device)
     logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
     logps = _token_logps(logits[:, :-1], input_ids[:, 1:])
-    # target position t (predicting token t+1) belongs to the answer when t+1 >= len(prompt)
-    positions = torch.arange(1, input_ids.shape[1], device=device)
-    starts = torch.tensor([len(p) for p in prompts], device=device)
-    answer_mask = (positions[None, :] >= starts[:, None]) & (attention_mask[:, 1:] == 1)
+    answer_mask = _answer_mask(prompts, attention_mask)
     return (logps * answer_mask).sum(-1), answer_mask.sum(-1)
 
 
+def _answer_mask(prompts: list[list[int]], attention_mask: Tensor) -> Tensor:
+    """Target position t (predicting token t+1) belongs to the answer when t+1 >= len(prompt)."""
+    device = attention_mask.device
+    positions = torch.arange(1, attention_mask.shape[1], device=device)
+    starts = torch.tensor([len(p) for p in prompts], device=device)
+    return (positions[None, :] >= starts[:, None]) & (attention_mask[:, 1:] == 1)
+
+
+def completion_logps_concat(
+    model: torch.nn.Module,
+    prompts: list[list[int]],
+    completions: list[list[int]],
+    *,
+    pad_id: int,
+    chunk_tokens: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Summed log-probs of each completion after its prompt, one full sequence per row; the
+    head runs in chunks on the answer positions only."""
+    parts = lm_parts(model)
+    if parts is None:
+        return completion_logps_full_vocab(model, prompts, completions, pad_id=pad_id)
+    device = next(model.parameters()).device
+    sequences = [p + c for p, c in zip(prompts, completions, strict=True)]
+    input_ids, attention_mask = pad_batch(sequences, pad_id, left=False, device=device)
+    hidden = parts.decoder(
+        input_ids=input_ids, attention_mask=attention_mask, use_cache=False
+    ).last_hidden_state
+    answer_mask = _answer_mask(prompts, attention_mask)
+    sums = masked_logp_sums(
+        parts, hidden[:, :-1], input_ids[:, 1:], answer_mask, chunk_tokens=chunk_tokens
+    )
+    return sums, answer_mask.sum(-1)
+
+
 def pair_logps_concat(
-    model: torch.nn.Module, pairs: list[EncodedPair], *, pad_id: int
+    model: torch.nn.Module,
+    pairs: list[EncodedPair],
+    *,
+    pad_id: int,
+    chunk_tokens: int | None = None,
 ) -> PairLogps:
     """The reference implementation: chosen and rejected each re-read the whole prompt."""
     prompts = [p.prompt_ids for p in pairs for _ in range(2)]
     completions = [c for p in pairs for c in (p.chosen_ids, p.rejected_ids)]
-    logps, tokens = completion_logps_concat(model, prompts, completions, pad_id=pad_id)
+    logps, tokens = completion_logps_concat(
+        model, prompts, completions, pad_id=pad_id, chunk_tokens=chunk_tokens
+    )
     return PairLogps(logps[0::2], logps[1::2], tokens[0::2], tokens[1::2])
 
 
 def pair_logps_shared(
-    model: torch.nn.Module, pairs: list[EncodedPair], *, pad_id: int
+    model: torch.nn.Module,
+    pairs: list[EncodedPair],
+    *,
+    pad_id: int,
+    chunk_tokens: int | None = None,
 ) -> PairLogps:
     """Prompt once, answers as two continuations of its (differentiable) KV cache."""
+    parts = lm_parts(model)
+    if parts is None:
+        return pair_logps_concat(model, pairs, pad_id=pad_id)
     device = next(model.parameters()).device
     prompt_ids, prompt_mask = pad_batch(
         [p.prompt_ids for p in pairs], pad_id, left=True, device=device
     )
     prompt_positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
-    prompt_out = model(
+    prompt_out = parts.decoder(
         input_ids=prompt_ids,
         attention_mask=prompt_mask,
         position_ids=prompt_positions,
         use_cache=True,
-        logits_to_keep=1,
     )
     cache = prompt_out[CACHE_KWARG]
     if not hasattr(cache, "batch_repeat_interleave"):
         # an architecture whose cache cannot be repeated per answer: do it the plain way
-        return pair_logps_concat(model, pairs, pad_id=pad_id)
+        return pair_logps_concat(model, pairs, pad_id=pad_id, chunk_tokens=chunk_tokens)
     cache.batch_repeat_interleave(2)  # rows: p0, p0, p1, p1, ... for c0, r0, c1, r1, ...
-    first_logits = prompt_out.logits[:, -1:].repeat_interleave(2, dim=0)
+    # the prompt's last hidden state predicts each answer's first token
+    first_hidden = prompt_out.last_hidden_state[:, -1:].repeat_interleave(2, dim=0)
 
     completions = [c for p in pairs for c in (p.chosen_ids, p.rejected_ids)]
     answer_ids, answer_mask = pad_batch(completions, pad_id, left=False, device=device)
@@ -126,15 +272,15 @@ def pair_logps_shared(
     answer_positions = prompt_lengths.repeat_interleave(2)[:, None] + torch.arange(
         answer_ids.shape[1], device=device
     )
-    answer_out = model(
+    answer_out = parts.decoder(
         input_ids=answer_ids,
         attention_mask=torch.cat([prompt_mask.repeat_interleave(2, dim=0), answer_mask], dim=1),
         position_ids=answer_positions,
         use_cache=True,
         **{CACHE_KWARG: cache},
     )
-    logits = torch.cat([first_logits, answer_out.logits[:, :-1]], dim=1)
-    logps = (_token_logps(logits, answer_ids) * answer_mask).sum(-1)
+    hidden = torch.cat([first_hidden, answer_out.last_hidden_state[:, :-1]], dim=1)
+    logps = masked_logp_sums(parts, hidden, answer_ids, answer_mask, chunk_tokens=chunk_tokens)
     tokens = answer_mask.sum(-1)
     return PairLogps(logps[0::2], logps[1::2], tokens[0::2], tokens[1::2])
 
