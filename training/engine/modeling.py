@@ -6,9 +6,13 @@ training: ``train(..., base=loaded)`` reuses it and leaves it as it found it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
@@ -38,6 +42,13 @@ class LoadedBase:
     device: torch.device
     identity: str  # content hash of the folder: same weights -> same identity on any machine
     path: Path
+    quantize: str | None = None  # "4bit": linear layers held as NF4 (QLoRA); None: full precision
+
+    @property
+    def precision(self) -> str:
+        """In words, how the weights are held: 'bfloat16', 'float32', '4bit NF4 (compute ...)'."""
+        dtype = str(self.model.get_input_embeddings().weight.dtype).removeprefix("torch.")
+        return f"4bit NF4 (compute {dtype})" if self.quantize == "4bit" else dtype
 
 
 def context_length(model: torch.nn.Module) -> int | None:
@@ -88,17 +99,26 @@ def _sampled_file_digest(file: Path) -> str:
     return digest.hexdigest()
 
 
-def load_base(path: str | Path) -> LoadedBase:
-    """Load model + tokenizer from ``path``; EngineError (one line) if the folder is unusable."""
+def load_base(path: str | Path, *, quantize: str | None = None) -> LoadedBase:
+    """Load model + tokenizer from ``path``; EngineError (one line) if the folder is unusable.
+
+    ``quantize="4bit"`` holds the decoder's linear layers as NF4 with double quantization
+    (QLoRA's recipe, bitsandbytes) and computes in the device's dtype; embeddings, norms and
+    the output head stay in that dtype. The patch trained on it is served on the full base.
+    """
     folder = check_model_folder(path)
 
     device, dtype = pick_device()
+    options: dict[str, Any] = {}
+    if quantize is not None:
+        options["quantization_config"] = nf4_config(quantize, dtype)
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder)
         model = AutoModelForCausalLM.from_pretrained(
             folder,
             dtype=dtype,
             device_map={"": device.index} if device.type == "cuda" else None,
+            **options,
         )
     except Exception as error:  # noqa: BLE001 (truncated weights, shapes unlike config.json...)
         raise EngineError(f"cannot load the model in {folder}: {first_line(error)}") from None
@@ -117,4 +137,66 @@ def load_base(path: str | Path) -> LoadedBase:
         device=device,
         identity=model_identity(folder),
         path=folder,
+        quantize=quantize,
     )
+
+
+def nf4_config(quantize: str, dtype: torch.dtype) -> Any:
+    """bitsandbytes' 4-bit NF4 settings, or EngineError naming what to install."""
+    if quantize != "4bit":
+        raise EngineError(f"quantize must be '4bit' or nothing (got {quantize!r})")
+    try:
+        import bitsandbytes  # noqa: F401
+        from transformers import BitsAndBytesConfig
+    except ImportError:
+        raise EngineError("--quantize 4bit needs bitsandbytes: pip install -e '.[qlora]'") from None
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=dtype,
+    )
+
+
+def decoder_blocks(model: torch.nn.Module) -> torch.nn.ModuleList | None:
+    """The repeated decoder blocks: the module list as long as the config's layer count."""
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(causal_lm, "config", None)
+    layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", None)
+    for module in causal_lm.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == layers:
+            return module
+    return None
+
+
+@contextmanager
+def gradient_checkpointing(model: torch.nn.Module, enabled: bool = True) -> Iterator[bool]:
+    """While inside, each decoder block keeps only its input for the backward pass and runs
+    again there to rebuild the rest: activations shrink to one block's worth plus one hidden
+    state per block, for about a third more compute. Yields whether it is on.
+
+    Our own switch rather than transformers': theirs acts only in train mode, which would also
+    turn dropout on and make the policy differ from the reference. A block called with a KV
+    cache runs plainly: running it again in the backward pass would append to the cache twice.
+    """
+    blocks = decoder_blocks(model) if enabled else None
+    if blocks is None:
+        yield False
+        return
+    for block in blocks:
+        block.forward = functools.partial(_checkpointed, block.forward)
+    try:
+        yield True
+    finally:
+        for block in blocks:
+            del block.forward  # the class's own forward again
+
+
+def _checkpointed(forward: Any, *args: Any, **kwargs: Any) -> Any:
+    from torch.utils.checkpoint import checkpoint
+    from transformers.cache_utils import Cache
+
+    with_cache = any(isinstance(value, Cache) for value in (*args, *kwargs.values()))
+    if with_cache or not torch.is_grad_enabled():
+        return forward(*args, **kwargs)
+    return checkpoint(forward, *args, use_reentrant=False, **kwargs)
