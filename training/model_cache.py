@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _lock = threading.Lock()
-_cached: tuple[tuple[str, int], LoadedBase] | None = None
+_cached: tuple[tuple[str, int, str | None], LoadedBase] | None = None
 
 
 def folder_key(path: str | Path) -> tuple[str, int]:
@@ -29,21 +29,23 @@ def folder_key(path: str | Path) -> tuple[str, int]:
     return str(folder), newest
 
 
-def get_base(path: str | Path) -> tuple[LoadedBase, bool]:
-    """(the loaded base for ``path``, whether it came from memory). EngineError if unreadable."""
+def get_base(path: str | Path, *, quantize: str | None = None) -> tuple[LoadedBase, bool]:
+    """(the loaded base for ``path``, whether it came from memory). EngineError if unreadable.
+
+    A 4-bit base (``quantize="4bit"``) is another model in memory than the full one."""
     global _cached
     from training.engine import load_base
 
     with _lock:
         try:
-            key = folder_key(path)
+            key = (*folder_key(path), quantize)
         except OSError:
             key = None  # load_base names the problem
         if key is not None and _cached is not None and _cached[0] == key:
             return _cached[1], True
         _cached = None  # free the old model before loading the next one
-        loaded = load_base(path)
-        _cached = (folder_key(path), loaded)
+        loaded = load_base(path, quantize=quantize)
+        _cached = ((*folder_key(path), quantize), loaded)
         logger.info("loaded base model %s into memory", key[0] if key else path)
         return loaded, False
 

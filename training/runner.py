@@ -37,6 +37,7 @@ SERIES_KEYS = (
 
 # Where each engine phase sits on the job's progress bar (start, end), in percent.
 PHASE_SPAN = {
+    "plan": (0, 1),
     "loading": (0, 5),
     "reference": (5, 10),
     "eval_before": (10, 20),
@@ -45,6 +46,7 @@ PHASE_SPAN = {
     "saving": (98, 100),
 }
 PHASE_LABEL = {
+    "plan": "planning memory",
     "loading": "loading the model",
     "reference": "reference log-probs",
     "eval_before": "answers before training",
@@ -93,10 +95,13 @@ class Progress:
         self.last_cancel_check = 0.0
         self.cancelled = False
         self.train_started: tuple[float, int] | None = None
+        self.memory_plan: dict[str, Any] | None = None
 
     def on_progress(self, event: dict[str, Any]) -> None:
         phase, step, total = event.get("phase", ""), event.get("step", 0), event.get("total", 0)
         metrics = event.get("metrics") or {}
+        if "memory_plan" in event:  # the job page shows it while the job runs
+            self.memory_plan = event["memory_plan"]
         if phase == "train" and "loss" in metrics:
             point = {key: metrics[key] for key in SERIES_KEYS if key in metrics}
             self.series.append({"step": step, **point})
@@ -113,9 +118,10 @@ class Progress:
         if not force and now - self.last_write < PROGRESS_EVERY_S:
             return
         self.last_write = now
+        plan = {"memory_plan": self.memory_plan} if self.memory_plan else {}
         services.job_record_progress(
             job_id=self.job_id,
-            progress={**self.state, **self._overall()},
+            progress={**self.state, **self._overall(), **plan},
             latest_metrics=self.latest,
             metrics_series=self.series,
         )
@@ -162,7 +168,7 @@ def run_claimed_job(job: TrainingJob) -> str:
         config = TrainConfig.from_dict(
             {k: v for k, v in job.config.items() if k not in services.WORKER_KEYS}
         )
-        base, from_memory = model_cache.get_base(job.base_model)
+        base, from_memory = model_cache.get_base(job.base_model, quantize=config.quantize)
         logger.info("job %s: base model %s", job.pk, "from memory" if from_memory else "loaded")
         staging.parent.mkdir(parents=True, exist_ok=True)
         train(

@@ -218,7 +218,9 @@ def test_progress_is_reported_and_cancel_stops_cleanly(
             should_cancel=should_cancel,
         )
     phases = [event["phase"] for event in events]
-    assert phases[0] == "reference" and "eval_before" in phases and phases[-1] == "train"
+    assert phases[:2] == ["plan", "reference"] and "eval_before" in phases
+    assert phases[-1] == "train"
+    assert events[0]["memory_plan"]["micro_batch_size"] == 1  # the batch: it fits
     last = events[-1]
     assert last["step"] == 2 and last["total"] == 15 and last["epoch"] == 1
     assert {"loss", "rewards/margins", "nll"} <= last["metrics"].keys()
@@ -240,7 +242,7 @@ def test_progress_is_reported_and_cancel_stops_cleanly(
         on_progress=events.append,
     )
     phases = [event["phase"] for event in events]
-    assert set(phases) == {"reference", "eval_before", "train", "eval_after", "saving"}
+    assert set(phases) == {"plan", "reference", "eval_before", "train", "eval_after", "saving"}
     assert phases[-1] == "saving"
 
 

@@ -9,10 +9,16 @@ job's config from a web process stays cheap.
 
 from __future__ import annotations
 
+import logging
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 from training.engine.errors import Cancelled, EngineError
+
+# peft imports bitsandbytes whenever it is installed (the [qlora] extra), and bitsandbytes then
+# warns on stderr that an optional CPU kernel package is missing; its plain fallback is what
+# we use, so the notice would only break the CLI's one-line errors.
+logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 if TYPE_CHECKING:
     from training.engine.config import TrainConfig, validate_config

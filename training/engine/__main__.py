@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 from typing import NoReturn
 
-from training.engine.config import LOSSES, TrainConfig
+from training.engine.config import LOSSES, QUANTIZE, TrainConfig
 from training.engine.errors import Cancelled, EngineError
 
 
@@ -63,6 +63,42 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
         help="text: a line per step; json: every progress event as one JSON object a line "
         "(what the gpu worker reads from a torchrun job)",
     )
+    parser.add_argument(
+        "--micro-batch-size",
+        type=_micro_batch_size,
+        default=defaults.micro_batch_size,
+        metavar="M|auto",
+        help="pairs per forward pass, gradients accumulated over --batch-size (default: auto, "
+        "the largest the memory plan fits)",
+    )
+    parser.add_argument(
+        "--gradient-checkpointing",
+        action=argparse.BooleanOptionalAction,
+        default=defaults.gradient_checkpointing,
+        help="recompute activations in the backward pass (default: only when the plan needs it)",
+    )
+    parser.add_argument(
+        "--quantize",
+        choices=QUANTIZE,
+        default=defaults.quantize,
+        help="hold the base in 4-bit NF4 while training (QLoRA; pip install -e '.[qlora]')",
+    )
+    parser.add_argument(
+        "--max-memory",
+        type=float,
+        default=defaults.max_memory,
+        metavar="GIB",
+        help="memory the job may use (default: the device's free memory; on a CPU, free RAM)",
+    )
+
+
+def _micro_batch_size(value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{value}' is neither 'auto' nor a number") from None
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -85,6 +121,10 @@ def _run_train(args: argparse.Namespace) -> int:
         lora_r=args.lora_r,
         target_modules=args.target_modules,
         seed=args.seed,
+        micro_batch_size=args.micro_batch_size,
+        gradient_checkpointing=args.gradient_checkpointing,
+        quantize=args.quantize,
+        max_memory=args.max_memory,
     )
     validate_config(config)  # before loading anything: a bad config fails in a second
     check_model_folder(config.model)
@@ -112,6 +152,8 @@ def _train_and_print(args, config, pairs, eval_items, ranks, train) -> int:
     def show(progress: dict) -> None:
         if args.progress == "json":
             print(json.dumps(progress), flush=True)
+        elif progress["phase"] == "plan":
+            print(f"memory plan: {progress['memory_plan']['summary']}", flush=True)
         elif progress["phase"] == "train" and "loss" in progress.get("metrics", {}):
             metrics = progress["metrics"]
             print(

@@ -18,6 +18,7 @@ from typing import Any
 from training.engine.errors import EngineError
 
 LOSSES = ("sigmoid", "ipo", "hinge", "robust")
+QUANTIZE = ("4bit",)
 
 # Linear layers of a Llama/Qwen/Mistral-style decoder block: what vLLM serves LoRA on.
 DEFAULT_TARGET_MODULES = (
@@ -89,6 +90,15 @@ class TrainConfig:
     max_length: int = 1024  # prompt + answer tokens; answers past it lose their end
     max_prompt_length: int | None = 512  # longer prompts keep their END; None: only max_length
     max_new_tokens: int = 64  # greedy answer length for the before/after evaluation
+
+    # --- memory (memory.py plans what is left to it before anything loads)
+    micro_batch_size: int | str = "auto"  # pairs per forward pass; gradients accumulate over
+    # the batch, so results do not change. "auto": the largest the memory plan fits
+    gradient_checkpointing: bool | None = None  # recompute each block in the backward pass
+    # (a third more compute, a fraction of the activations); None: only when the plan needs it
+    quantize: str | None = None  # "4bit": the base as NF4 (QLoRA; needs the [qlora] extra);
+    # the patch is still served on the full-precision base
+    max_memory: float | None = None  # GiB the job may use; None: the device's free memory
 
     # --- machinery
     prefix_sharing: bool = True  # run each prompt once for both answers (same maths, faster)
@@ -177,6 +187,23 @@ def validate_config(config: TrainConfig) -> None:
             "'max_prompt_length' must be at least 1 and below 'max_length'",
         )
     _require(0 <= config.lora_dropout < 1, "'lora_dropout' must lie in [0, 1)")
+    micro = config.micro_batch_size
+    _require(
+        micro == "auto" or (isinstance(micro, int) and not isinstance(micro, bool) and micro >= 1),
+        "'micro_batch_size' must be 'auto' or a whole number of pairs, at least 1",
+    )
+    _require(
+        config.gradient_checkpointing in (None, True, False),
+        "'gradient_checkpointing' must be true, false or null (the plan decides)",
+    )
+    _require(
+        config.quantize is None or config.quantize in QUANTIZE,
+        f"'quantize' must be one of {', '.join(QUANTIZE)} or null",
+    )
+    _require(
+        config.max_memory is None or (_is_number(config.max_memory) and config.max_memory > 0),
+        "'max_memory' must be a number of GiB above 0",
+    )
     check_vllm_servable(
         {
             "r": config.lora_r,

@@ -37,7 +37,7 @@ from training.engine.data import Prompt, _check_prompt, encode_prompt, read_json
 from training.engine.errors import Cancelled, EngineError, first_line
 from training.engine.evaluate import end_token_ids, fit_to_context
 from training.engine.logprobs import pad_batch
-from training.engine.modeling import LoadedBase
+from training.engine.modeling import LoadedBase, eval_mode
 
 SAMPLING_ADAPTER = "candidates"  # PEFT name of an adapter loaded only for sampling
 
@@ -236,7 +236,7 @@ def adapter_applied(base: LoadedBase, adapter: str | None) -> Iterator[torch.nn.
         raise EngineError(
             f"cannot load adapter {path} on {base.path}: {first_line(error)}"
         ) from None
-    model.eval()
+    eval_mode(model)
     try:
         yield model
     finally:
@@ -248,7 +248,7 @@ def _restore(base: LoadedBase, had_peft_config: bool) -> None:
     if not had_peft_config and hasattr(base.model, "peft_config"):
         del base.model.peft_config
     base.model.requires_grad_(False)
-    base.model.eval()
+    eval_mode(base.model)
 
 
 # ---------------------------------------------------------------------------------------------

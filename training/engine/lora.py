@@ -35,7 +35,7 @@ from training.engine.config import (
 )
 from training.engine.errors import EngineError, first_line
 from training.engine.folders import ADAPTER_FILES, check_adapter_folder
-from training.engine.modeling import LoadedBase
+from training.engine.modeling import LoadedBase, eval_mode
 
 PATCH = "default"
 DEPLOYED = "deployed"
@@ -195,7 +195,7 @@ class Patch:
         if not self._had_peft_config and hasattr(model, "peft_config"):
             del model.peft_config
         model.requires_grad_(False)
-        model.eval()
+        eval_mode(model)
 
 
 def check_saved_adapter(folder: Path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -54,11 +55,25 @@ class LoadedBase:
 def context_length(model: torch.nn.Module) -> int | None:
     """The most tokens the model takes at once (its position table), when its config says."""
     config = getattr(model, "config", None)
+    return config_context_length(config.to_dict() if config is not None else {})
+
+
+def config_context_length(values: dict[str, Any]) -> int | None:
+    """The same, from config.json's values (before the model loads)."""
     for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-        value = getattr(config, name, None)
+        value = values.get(name)
         if isinstance(value, int) and value > 1:
             return value
     return None
+
+
+def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
+    """The folder's tokenizer alone (seconds), to size the job before the model loads."""
+    folder = check_model_folder(path)
+    try:
+        return AutoTokenizer.from_pretrained(folder)
+    except Exception as error:  # noqa: BLE001 (missing or broken tokenizer files)
+        raise EngineError(f"cannot load the tokenizer in {folder}: {first_line(error)}") from None
 
 
 def pick_device() -> tuple[torch.device, torch.dtype]:
@@ -129,7 +144,7 @@ def load_base(path: str | Path, *, quantize: str | None = None) -> LoadedBase:
         # Batches are padded; padded positions are masked out, so any id the model has works
         # (a [PAD] added to the tokenizer without resizing the model does not). eos is customary.
         tokenizer.pad_token = tokenizer.eos_token
-    model.eval()
+    eval_mode(model)
     model.requires_grad_(False)
     return LoadedBase(
         model=model,
@@ -139,6 +154,21 @@ def load_base(path: str | Path, *, quantize: str | None = None) -> LoadedBase:
         path=folder,
         quantize=quantize,
     )
+
+
+def eval_mode(model: torch.nn.Module) -> None:
+    """``model.eval()``, except for 4-bit linear layers, which stay in train mode (they have no
+    dropout, so nothing else changes): in eval mode on a CPU with AVX512-BF16, bitsandbytes
+    repacks them for a kernel without a backward pass, and gradients would silently stop
+    there."""
+    model.eval()
+    if "bitsandbytes" not in sys.modules:
+        return
+    from bitsandbytes.nn import Linear4bit
+
+    for module in model.modules():
+        if isinstance(module, Linear4bit):
+            module.train()
 
 
 def nf4_config(quantize: str, dtype: torch.dtype) -> Any:

@@ -17,6 +17,7 @@ from training.engine.evaluate import is_fixed, regression_coverage, summarize
 
 if TYPE_CHECKING:
     from training.engine.lora import Patch
+    from training.engine.memory import MemoryPlan
     from training.engine.trainer import LoopResult
 
 
@@ -38,6 +39,7 @@ def build_report(
     loop: LoopResult,
     flagged: list[EvalItem],
     timings: dict[str, float],
+    memory_plan: MemoryPlan,
 ) -> dict[str, Any]:
     """The report of one run, as report.json holds it (the adapter's folder is added on save)."""
     base = patch.base
@@ -59,6 +61,13 @@ def build_report(
     ]
     return {
         "model": {"path": str(base.path), "identity": base.identity},
+        "precision": {
+            # QLoRA: the patch learnt on a 4-bit base and is served on the full one
+            "base_in_training": base.precision,
+            "base_quantized_in_training": base.quantize is not None,
+            "eval": base.precision,  # the before/after answers came from the same base
+        },
+        "memory_plan": memory_plan.to_dict(),
         "stacked_on_adapter": (
             {"path": str(patch.deployed_path), "identity": patch.deployed_identity}
             if patch.deployed_path

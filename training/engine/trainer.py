@@ -2,7 +2,8 @@
 
     python -m training.engine train --model DIR --pairs pairs.jsonl --out OUT --eval eval.jsonl
 
-In order: data (tokenize, truncate), model (attach the patch to the one model in memory),
+In order: data (tokenize, truncate), the memory plan (micro-batch, checkpointing: memory.py,
+before the model loads), model (attach the patch to the one model in memory),
 reference log-probs (once, cached on disk), greedy answers before training, the loop (DPO loss
 + SFT term + retain term, a check of the flagged prompts after every epoch), answers after,
 and saving (adapter, metrics.json, report.json — complete files only). What report.json says is
@@ -39,7 +40,24 @@ from training.engine.evaluate import fit_to_context, generate_greedy, generate_g
 from training.engine.logprobs import completion_logps_concat, pair_logps
 from training.engine.lora import Patch
 from training.engine.losses import preference_losses, reward_metrics
-from training.engine.modeling import LoadedBase, context_length, load_base
+from training.engine.memory import (
+    GENERATION_BATCH,
+    GIB,
+    MemoryPlan,
+    ModelShape,
+    Workload,
+    available_memory,
+    plan_memory,
+)
+from training.engine.modeling import (
+    LoadedBase,
+    config_context_length,
+    context_length,
+    gradient_checkpointing,
+    load_base,
+    load_tokenizer,
+    pick_device,
+)
 from training.engine.refcache import RefLogpCache
 from training.engine.report import build_report
 
@@ -126,23 +144,81 @@ def train(
     check_out_dir(Path(out_dir), adapter=config.adapter)
     items = parse_eval_items(eval_items) if eval_items else []
     hooks = ProgressHooks(on_progress, should_cancel, ranks)
-    if base is None:
-        base = load_base(config.model)
+    if base is not None and base.quantize != config.quantize:
+        raise EngineError(
+            f"the base model in memory is {base.precision}, but the job asks for "
+            f"quantize={config.quantize}; load it with load_base(..., quantize=...)"
+        )
     _seed_everything(config.seed)
-    tokenizer = base.tokenizer
-    max_length, max_prompt_length = config.max_length, config.max_prompt_length
-    context = context_length(base.model)
-    if context is not None and context < max_length:  # a small model: half for the prompt
-        max_length = context
-        max_prompt_length = context // 2 if max_prompt_length is not None else None
-    encoded = encode_pairs(
-        tokenizer, pairs, max_length=max_length, max_prompt_length=max_prompt_length
-    )
+    tokenizer = base.tokenizer if base is not None else load_tokenizer(config.model)
+    encoded = encode_pairs(tokenizer, pairs, **_sequence_limits(config, base))
+    plan = plan_job(config, encoded, items, tokenizer, base=base, processes=ranks.world)
+    hooks.tick("plan", 0, 0, memory_plan=plan.to_dict())
+    if base is None:
+        base = load_base(config.model, quantize=config.quantize)
     patch = Patch(base, config)
     try:
-        return _train_patch(config, patch, encoded, items, Path(out_dir), hooks)
+        return _train_patch(config, plan, patch, encoded, items, Path(out_dir), hooks)
     finally:
         patch.detach()
+
+
+def _sequence_limits(config: TrainConfig, base: LoadedBase | None) -> dict[str, int | None]:
+    """max_length and max_prompt_length within the model's context (a small model: half of
+    it for the prompt)."""
+    max_length, max_prompt_length = config.max_length, config.max_prompt_length
+    if base is not None:
+        context = context_length(base.model)
+    else:
+        values = json.loads((Path(config.model).expanduser() / "config.json").read_text())
+        context = config_context_length(values)
+    if context is not None and context < max_length:
+        max_length = context
+        max_prompt_length = context // 2 if max_prompt_length is not None else None
+    return {"max_length": max_length, "max_prompt_length": max_prompt_length}
+
+
+def plan_job(
+    config: TrainConfig,
+    pairs: list[EncodedPair],
+    items: list[EvalItem],
+    tokenizer: Any,
+    *,
+    base: LoadedBase | None = None,
+    processes: int = 1,
+) -> MemoryPlan:
+    """The memory plan for this job (for each process, which takes its share of every step):
+    its longest prompt and answer, the model's shape from config.json, and the memory there is
+    (``max_memory``, else the device's free memory plus what an already loaded ``base`` holds).
+    """
+    eval_prompts = [len(encode_prompt(tokenizer, item.prompt)) for item in items]
+    answers = [max(len(pair.chosen_ids), len(pair.rejected_ids)) for pair in pairs]
+    _, dtype = pick_device()
+    workload = Workload(
+        batch_size=math.ceil(config.batch_size / processes),
+        prompt_tokens=max([len(pair.prompt_ids) for pair in pairs] + eval_prompts),
+        answer_tokens=max(answers + ([config.max_new_tokens] if items else [])),
+        lora_r=config.lora_r,
+        dtype_bytes=torch.empty(0, dtype=dtype).element_size(),
+        quantize=config.quantize,
+        prefix_sharing=config.prefix_sharing,
+        generation_prompts=len(items),
+        max_new_tokens=config.max_new_tokens,
+    )
+    if config.max_memory is not None:
+        available, source = int(config.max_memory * GIB), "--max-memory"
+    else:
+        available, source = available_memory()
+        if available is not None and base is not None:  # its weights count as the job's
+            available += sum(p.numel() * p.element_size() for p in base.model.parameters())
+    return plan_memory(
+        ModelShape.from_folder(config.model),
+        workload,
+        micro_batch_size=config.micro_batch_size,
+        gradient_checkpointing=config.gradient_checkpointing,
+        available_bytes=available,
+        available_source=source,
+    )
 
 
 def check_out_dir(out_dir: Path, *, adapter: str | None = None) -> None:
@@ -178,6 +254,7 @@ def _seed_everything(seed: int) -> None:
 
 def _train_patch(
     config: TrainConfig,
+    plan: MemoryPlan,
     patch: Patch,
     pairs: list[EncodedPair],
     items: list[EvalItem],
@@ -190,12 +267,12 @@ def _train_patch(
 
     # ---- reference log-probs: once per pair, before training, cached across jobs
     started = time.perf_counter()
-    ref_chosen, ref_rejected, cache_hits = _reference_logps(config, patch, pairs, hooks)
+    ref_chosen, ref_rejected, cache_hits = _reference_logps(config, plan, patch, pairs, hooks)
     timings["reference_s"] = time.perf_counter() - started
 
     # ---- answers before training; the regression answers become the retain targets
     started = time.perf_counter()
-    before_ids = _answer_ids(patch, items, config, hooks, phase="eval_before")
+    before_ids = _answer_ids(patch, items, config, plan, hooks, phase="eval_before")
     before = [tokenizer.decode(ids, skip_special_tokens=True) for ids in before_ids]
     regression = [
         (item, ids)
@@ -216,17 +293,17 @@ def _train_patch(
     optimizer = torch.optim.AdamW(
         patch.trainable_parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
-    warmup_nll = _sft_warmup(config, patch, pairs, optimizer, hooks)
+    warmup_nll = _sft_warmup(config, plan, patch, pairs, optimizer, hooks)
     timings["sft_warmup_s"] = time.perf_counter() - started
     loop = _dpo_loop(
-        config, patch, pairs, ref_chosen, ref_rejected, retain, flagged, optimizer, hooks
+        config, plan, patch, pairs, ref_chosen, ref_rejected, retain, flagged, optimizer, hooks
     )
     timings["train_s"] = time.perf_counter() - started
 
     # ---- the patched model: log-probs per pair and answers after training
     started = time.perf_counter()
-    policy_chosen, policy_rejected = _policy_logps(config, model, pairs, pad_id, hooks)
-    after_ids = _answer_ids(patch, items, config, hooks, phase="eval_after")
+    policy_chosen, policy_rejected = _policy_logps(config, plan, model, pairs, pad_id, hooks)
+    after_ids = _answer_ids(patch, items, config, plan, hooks, phase="eval_after")
     after = [tokenizer.decode(ids, skip_special_tokens=True) for ids in after_ids]
     timings["eval_after_s"] = time.perf_counter() - started
 
@@ -261,6 +338,7 @@ def _train_patch(
         loop=loop,
         flagged=flagged,
         timings=timings,
+        memory_plan=plan,
     )
     report["training"]["processes"] = hooks.ranks.world  # torchrun ranks sharing each step
 
@@ -284,6 +362,7 @@ def _train_patch(
 
 def _dpo_loop(
     config: TrainConfig,
+    plan: MemoryPlan,
     patch: Patch,
     pairs: list[EncodedPair],
     ref_chosen: torch.Tensor,
@@ -316,7 +395,7 @@ def _dpo_loop(
                 for k in range(min(config.retain_per_step, len(retain)))
             ] if retain and config.retain_weight else []  # fmt: skip
             optimizer.zero_grad(set_to_none=True)
-            terms, batch_policy = _step_loss(config, model, batch, picked, ref_chosen,
+            terms, batch_policy = _step_loss(config, plan, model, batch, picked, ref_chosen,
                                              ref_rejected, pad_id, hooks.ranks)  # fmt: skip
             distributed.sum_gradients(patch.trainable_parameters(), hooks.ranks)
             if config.max_grad_norm:
@@ -347,7 +426,7 @@ def _dpo_loop(
 
         # end of epoch: are all flagged prompts fixed yet? (--epochs is a budget)
         if config.early_stop and flagged:
-            answers = _sharded_greedy(model, tokenizer, flagged, config, hooks.ranks)
+            answers = _sharded_greedy(model, tokenizer, flagged, config, plan, hooks.ranks)
             fixed = sum(
                 bool(is_fixed(answer, item.expected))
                 for answer, item in zip(answers, flagged, strict=True)
@@ -374,6 +453,7 @@ def _dpo_loop(
 
 def _step_loss(
     config: TrainConfig,
+    plan: MemoryPlan,
     model: torch.nn.Module,
     batch: list[EncodedPair],
     picked: list[tuple[list[int], list[int]]],
@@ -383,52 +463,69 @@ def _step_loss(
     ranks: Ranks,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward and backward of one optimizer step on this rank's share of ``batch`` and of the
-    retain answers ``picked`` (all of them in one process).
+    retain answers ``picked`` (all of them in one process), ``plan.micro_batch_size`` pairs
+    (or twice as many retain answers) per forward, the gradients accumulating.
 
     Every term is divided by the WHOLE step's count (pairs, chosen tokens, retain tokens), so
-    the ranks' losses and gradients add up to the one-process step's. Returns the step's
-    (loss, dpo_loss, nll, retain_nll), summed over the ranks, and the policy log-probs of every
-    pair of ``batch`` (a row of chosen, rejected each), gathered from the ranks.
+    the micro-batches' and the ranks' losses and gradients add up to the one-process, whole
+    batch step's. Returns the step's (loss, dpo_loss, nll, retain_nll), summed over the ranks,
+    and the policy log-probs of every pair of ``batch`` (a row of chosen, rejected each),
+    gathered from the ranks.
     """
     device = next(model.parameters()).device
     mine, my_picks = shard(batch, ranks), shard(picked, ranks)
-    zero = torch.zeros((), device=device)
-    loss = dpo_loss = nll = retain_nll = zero
+    micro = plan.micro_batch_size
+    # a KV cache cannot be rebuilt in the backward pass: checkpointed steps read prompts twice
+    sharing = config.prefix_sharing and not plan.gradient_checkpointing
+    chosen_tokens = sum(len(pair.chosen_ids) for pair in batch)
+    terms = torch.zeros(4, device=device)  # loss, dpo_loss, nll, retain_nll
+    mine_policy = []
+    with gradient_checkpointing(model, plan.gradient_checkpointing):
+        for start in range(0, len(mine), micro):
+            part = mine[start : start + micro]
+            policy = pair_logps(model, part, pad_id=pad_id, prefix_sharing=sharing)
+            index = torch.tensor([pair.index for pair in part])
+            dpo_loss = preference_losses(
+                policy.chosen,
+                policy.rejected,
+                ref_chosen[index].to(device),
+                ref_rejected[index].to(device),
+                loss=config.loss,
+                beta=config.beta,
+                label_smoothing=config.label_smoothing,
+                chosen_tokens=policy.chosen_tokens,
+                rejected_tokens=policy.rejected_tokens,
+            ).sum() / len(batch)
+            nll = -policy.chosen.sum() / chosen_tokens
+            loss = dpo_loss + config.sft_weight * nll if config.sft_weight else dpo_loss
+            loss.backward()
+            terms += torch.stack([loss, dpo_loss, nll, torch.zeros_like(nll)]).detach()
+            mine_policy.append(torch.stack([policy.chosen, policy.rejected], dim=1).detach())
+        retain_tokens = sum(len(answer) for _, answer in picked)
+        for start in range(0, len(my_picks), 2 * micro):
+            rows = my_picks[start : start + 2 * micro]
+            logp, _ = completion_logps_concat(
+                model, [p for p, _ in rows], [a for _, a in rows], pad_id=pad_id
+            )
+            retain_nll = -logp.sum() / retain_tokens
+            (config.retain_weight * retain_nll).backward()
+            zero = torch.zeros_like(retain_nll)
+            terms += torch.stack(
+                [config.retain_weight * retain_nll, zero, zero, retain_nll]
+            ).detach()
     batch_policy = torch.zeros(len(batch), 2, device=device)
-    if mine:
-        policy = pair_logps(model, mine, pad_id=pad_id, prefix_sharing=config.prefix_sharing)
-        index = torch.tensor([pair.index for pair in mine])
-        dpo_loss = preference_losses(
-            policy.chosen,
-            policy.rejected,
-            ref_chosen[index].to(device),
-            ref_rejected[index].to(device),
-            loss=config.loss,
-            beta=config.beta,
-            label_smoothing=config.label_smoothing,
-            chosen_tokens=policy.chosen_tokens,
-            rejected_tokens=policy.rejected_tokens,
-        ).sum() / len(batch)
-        nll = -policy.chosen.sum() / sum(len(pair.chosen_ids) for pair in batch)
-        loss = dpo_loss + config.sft_weight * nll if config.sft_weight else dpo_loss
-        batch_policy[ranks.rank :: ranks.world] = torch.stack(
-            [policy.chosen.detach(), policy.rejected.detach()], dim=1
-        )
-    if my_picks:
-        logp, _ = completion_logps_concat(
-            model, [p for p, _ in my_picks], [a for _, a in my_picks], pad_id=pad_id
-        )
-        retain_nll = -logp.sum() / sum(len(answer) for _, answer in picked)
-        loss = loss + config.retain_weight * retain_nll
-    if loss.requires_grad:  # a rank with no pair in an epoch's last, short step adds nothing
-        loss.backward()
-    terms = torch.stack([loss, dpo_loss, nll, retain_nll]).detach()
+    if mine_policy:
+        batch_policy[ranks.rank :: ranks.world] = torch.cat(mine_policy)
     packed = distributed.sum_across(torch.cat([terms, batch_policy.flatten()]), ranks)
     return packed[:4], packed[4:].view(-1, 2).cpu()
 
 
 def _reference_logps(
-    config: TrainConfig, patch: Patch, pairs: list[EncodedPair], hooks: ProgressHooks
+    config: TrainConfig,
+    plan: MemoryPlan,
+    patch: Patch,
+    pairs: list[EncodedPair],
+    hooks: ProgressHooks,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Reference (patch off) log-probs for every pair, from the cache where possible.
 
@@ -437,8 +534,8 @@ def _reference_logps(
     the ranks and gathered.
     """
     ranks = hooks.ranks
-    model_dtype = str(next(patch.model.parameters()).dtype)
-    namespace = f"{patch.base.identity}|{patch.deployed_identity}|{model_dtype}"
+    # the precision says dtype and quantization: a 4-bit base gives other reference numbers
+    namespace = f"{patch.base.identity}|{patch.deployed_identity}|{patch.base.precision}"
     cache = RefLogpCache(config.cache_dir(), namespace=namespace) if ranks.is_main else None
     try:
         cached = distributed.broadcast_object(cache.get_many(pairs) if cache else {}, ranks)
@@ -446,7 +543,7 @@ def _reference_logps(
         values = torch.zeros(len(pairs), 2, dtype=torch.float32)
         for index, (chosen, rejected) in cached.items():
             values[index] = torch.tensor([chosen, rejected])
-        step = config.batch_size * ranks.world  # each rank: batch_size pairs per forward
+        step = plan.micro_batch_size * ranks.world  # each rank: a micro-batch per forward
         batches = range(0, len(todo), step)
         hooks.tick("reference", 0, len(batches), metrics={"ref_cache_hits": len(cached)})
         computed = torch.zeros(len(pairs), 2, dtype=torch.float32)
@@ -478,6 +575,7 @@ def _reference_logps(
 
 def _policy_logps(
     config: TrainConfig,
+    plan: MemoryPlan,
     model: torch.nn.Module,
     pairs: list[EncodedPair],
     pad_id: int,
@@ -485,7 +583,7 @@ def _policy_logps(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     ranks = hooks.ranks
     values = torch.zeros(len(pairs), 2)
-    step = config.batch_size * ranks.world
+    step = plan.micro_batch_size * ranks.world
     batches = range(0, len(pairs), step)
     for number, start in enumerate(batches, start=1):
         batch = shard(pairs[start : start + step], ranks)
@@ -502,14 +600,26 @@ def _policy_logps(
     return values[:, 0].clone(), values[:, 1].clone()
 
 
+def _generation_batch(plan: MemoryPlan) -> int:
+    """Prompts answered at once: a generating row holds far less than a training pair (no
+    activations kept, one KV cache), so two per pair of the micro-batch, up to 16."""
+    return min(GENERATION_BATCH, 2 * plan.micro_batch_size)
+
+
 def _answer_ids(
-    patch: Patch, items: list[EvalItem], config: TrainConfig, hooks: ProgressHooks, *, phase: str
+    patch: Patch,
+    items: list[EvalItem],
+    config: TrainConfig,
+    plan: MemoryPlan,
+    hooks: ProgressHooks,
+    *,
+    phase: str,
 ) -> list[list[int]]:
     """Greedy answers of the policy (the reference before training: the patch is still zero),
     each rank answering its share of every chunk of prompts."""
     ranks = hooks.ranks
     answers: list[list[int]] = []
-    chunk = 16
+    chunk = _generation_batch(plan)
     step = chunk * ranks.world
     for start in range(0, len(items), step):
         hooks.tick(phase, start, len(items))
@@ -528,17 +638,21 @@ def _sharded_greedy(
     tokenizer: Any,
     items: list[EvalItem],
     config: TrainConfig,
+    plan: MemoryPlan,
     ranks: Ranks,
 ) -> list[str]:
     """Greedy answers to ``items`` as text, each rank answering its share; every rank gets all
     of them (the early-stop decision must be the same everywhere)."""
     prompts = [item.prompt for item in shard(items, ranks)]
-    mine = generate_greedy(model, tokenizer, prompts, config.max_new_tokens)
+    mine = generate_greedy(
+        model, tokenizer, prompts, config.max_new_tokens, batch_size=_generation_batch(plan)
+    )
     return distributed.gather_shards(mine, len(items), ranks)
 
 
 def _sft_warmup(
     config: TrainConfig,
+    plan: MemoryPlan,
     patch: Patch,
     pairs: list[EncodedPair],
     optimizer: torch.optim.Optimizer,
@@ -561,16 +675,7 @@ def _sft_warmup(
             batch = [pairs[i] for i in order[start : start + config.batch_size]]
             mine = shard(batch, ranks)  # each rank's share, over the whole step's tokens
             optimizer.zero_grad(set_to_none=True)
-            nll = torch.zeros((), device=patch.base.device)
-            if mine:
-                logp, _ = completion_logps_concat(
-                    patch.model,
-                    [pair.prompt_ids for pair in mine],
-                    [pair.chosen_ids for pair in mine],
-                    pad_id=pad_id,
-                )
-                nll = -logp.sum() / sum(len(pair.chosen_ids) for pair in batch)
-                nll.backward()
+            nll = _sft_gradients(patch.model, mine, batch, plan, pad_id=pad_id)
             distributed.sum_gradients(patch.trainable_parameters(), ranks)
             nll = distributed.sum_across(nll.detach(), ranks)
             if config.max_grad_norm:
@@ -580,6 +685,34 @@ def _sft_warmup(
             _require_finite(patch, nll, len(losses), config)
             hooks.tick("sft_warmup", len(losses), total, epoch=epoch, metrics={"nll": losses[-1]})
     return losses
+
+
+def _sft_gradients(
+    model: torch.nn.Module,
+    mine: list[EncodedPair],
+    batch: list[EncodedPair],
+    plan: MemoryPlan,
+    *,
+    pad_id: int,
+) -> torch.Tensor:
+    """Accumulate the gradients of the token-mean NLL of ``batch``'s chosen answers over this
+    rank's share ``mine``, two micro-batches' worth of answers at a time; returns that share."""
+    tokens = sum(len(pair.chosen_ids) for pair in batch)
+    nll = torch.zeros((), device=next(model.parameters()).device)
+    rows = 2 * plan.micro_batch_size
+    with gradient_checkpointing(model, plan.gradient_checkpointing):
+        for start in range(0, len(mine), rows):
+            part = mine[start : start + rows]
+            logp, _ = completion_logps_concat(
+                model,
+                [pair.prompt_ids for pair in part],
+                [pair.chosen_ids for pair in part],
+                pad_id=pad_id,
+            )
+            part_nll = -logp.sum() / tokens
+            part_nll.backward()
+            nll += part_nll.detach()
+    return nll
 
 
 def _save(
