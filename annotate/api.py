@@ -147,10 +147,11 @@ def judgment_create(request: HttpRequest, comparison_id: int, payload: JudgmentI
             edited=payload.edited,
             rationale=payload.rationale,
             duration_ms=payload.duration_ms,
+            require_lease=True,  # only what this caller was handed, and still holds
         )
     except ValidationError as exc:
         return 422, {"detail": _validation_detail(exc)}
-    except (services.JudgmentConflict, services.ComparisonTaken) as exc:
+    except (services.JudgmentConflict, services.ComparisonTaken, services.NotLeased) as exc:
         return 409, {"detail": str(exc)}
     except PermissionDenied as exc:
         return 403, {"detail": str(exc)}

@@ -46,9 +46,11 @@ def launch_job(request: HttpRequest, slug: str, payload: LaunchIn | None = None)
     return 202, {"id": job.pk}
 
 
-@router.get("/jobs/{job_id}", response={200: dict, 404: Detail})
+@router.get("/jobs/{job_id}", response={200: dict, 403: Detail, 404: Detail})
 def job_status(request: HttpRequest, job_id: int):
-    """Status, progress (step, total, phase, percent, ETA), latest metrics, and the summary."""
+    """Status, progress (step, total, phase, percent, ETA), latest metrics, and the summary
+    (curators only: the report's answers are what the next round shows annotators blind)."""
+    require_curator(request.user)
     return selectors.job_api_payload(selectors.job_for_user(job_id=job_id, user=request.user))
 
 

@@ -11,19 +11,19 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django.views.decorators.vary import vary_on_headers
 
-from accounts.roles import curator_required, is_curator, require_curator
+from accounts.roles import curator_required
 from training import artifacts, charts, selectors, services
 from training.dispatch import BrokerUnavailable
 from training.forms import LaunchForm
 
 
+@curator_required
 @require_http_methods(["GET", "POST"])
 def project_jobs(request: HttpRequest, slug: str) -> HttpResponse:
     project = selectors.project_for_user(slug=slug, user=request.user)
     form = LaunchForm()
     status = 200
     if request.method == "POST":
-        require_curator(request.user)
         form = LaunchForm(request.POST)
         status = 400  # unless it launches: the form again, with why
         if form.is_valid():
@@ -44,13 +44,12 @@ def project_jobs(request: HttpRequest, slug: str) -> HttpResponse:
         "project": project,
         "jobs": jobs,
         "form": form,
-        "can_launch": is_curator(request.user),
+        "preview": selectors.launch_preview(project=project),
     }
-    if context["can_launch"]:
-        context["preview"] = selectors.launch_preview(project=project)
     return render(request, "training/project_jobs.html", context, status=status)
 
 
+@curator_required
 @require_GET
 @vary_on_headers("HX-Request")
 def job_detail(request: HttpRequest, job_id: int) -> HttpResponse:
@@ -59,7 +58,6 @@ def job_detail(request: HttpRequest, job_id: int) -> HttpResponse:
         "job": job,
         "charts": charts.job_charts(job.metrics_series),
         "report": selectors.report_view(job),
-        "can_manage": is_curator(request.user),
     }
     template = "training/job_detail.html#live" if request.htmx else "training/job_detail.html"
     return render(request, template, context)

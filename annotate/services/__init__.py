@@ -21,6 +21,7 @@ from annotate.services.cases import (
 from annotate.services.judgments import (
     ComparisonTaken,
     JudgmentConflict,
+    NotLeased,
     judgment_submit,
     judgment_undo,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "ImportResult",
     "JudgmentConflict",
     "LEASE_DURATION",
+    "NotLeased",
     "case_create",
     "case_set_checks",
     "cases_import",

@@ -28,6 +28,10 @@ class JudgmentConflict(Exception):
     """The annotator already judged this comparison differently (API: 409)."""
 
 
+class NotLeased(Exception):
+    """A judgment of a comparison the annotator holds no live lease on (API: 409)."""
+
+
 class ComparisonTaken(Exception):
     """The comparison already has its overlap of judgments and other annotators' leases (409)."""
 
@@ -42,6 +46,7 @@ def judgment_submit(
     shown_left: str | None = None,
     duration_ms: int | None = None,
     as_shown: bool = False,
+    require_lease: bool = False,
 ) -> tuple[Judgment, bool]:
     """Record the annotator's judgment; returns (judgment, created).
 
@@ -52,6 +57,10 @@ def judgment_submit(
     does. A repeat of the same judgment returns the first one with created=False. A different
     second judgment raises JudgmentConflict; a comparison whose overlap is used up by others
     raises ComparisonTaken. An `edited` answer is also stored as a human Response of the case.
+
+    With `require_lease` (the API, which proves nothing else) the comparison must be leased to
+    the annotator, the lease not expired: NotLeased otherwise. The compare page proves what it
+    showed with its signed ticket instead (`shown_left`).
     """
     edited = edited if edited and edited.strip() else ""
     errors = {}
@@ -86,6 +95,7 @@ def judgment_submit(
         "corrected": None,
         "rationale": rationale,
         "duration": duration_ms,
+        "require_lease": require_lease,
     }
     corrected = None
     # Without a corrected answer the judgment is one statement (on PostgreSQL), atomic alone.
@@ -119,6 +129,16 @@ def judgment_submit(
         raise JudgmentConflict(
             f"You already judged comparison {comparison_id} as {was!r}{differs}; "
             "undo it first to change it."
+        )
+    if outcome == "not_leased":
+        raise NotLeased(
+            f"Comparison {comparison_id} was not leased to you: judge what "
+            "GET /api/v1/projects/<slug>/comparisons/next hands you."
+        )
+    if outcome == "expired":
+        raise NotLeased(
+            f"Your lease on comparison {comparison_id} expired (leases last "
+            f"{int(LEASE_DURATION.total_seconds())} s); ask for the next comparison again."
         )
     if outcome != "created":
         raise ComparisonTaken(

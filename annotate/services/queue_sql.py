@@ -8,7 +8,7 @@ judge_steps): the twin.
 
 The two must stay equal. Each step of a function is a statement of its twin, in the same order,
 with the same outcomes ("created", "exists", "taken", "full", "labelled", "forbidden",
-"missing"); a change to one is made to the other in the same commit.
+"missing", "not_leased", "expired"); a change to one is made to the other in the same commit.
 tests/annotate/test_queue.py runs on PostgreSQL (the functions) and again, in a subprocess, on
 SQLite (the twin), so both must take the same branches to the same outcomes. Either way the path
 is plain SQL: compiling these queries through the ORM cost more CPU than running them
@@ -78,7 +78,8 @@ _JUDGE_CALL = """
     SELECT outcome, judgment_id, judged_left, judged_choice FROM patchwise_judge(
         %(comparison)s::bigint, %(user)s::integer, %(privileged)s::boolean, %(now)s::timestamptz,
         %(choice)s::varchar, %(as_shown)s::boolean, %(shown_left)s::varchar, %(edited)s::text,
-        %(corrected)s::bigint, %(rationale)s::text, %(duration)s::integer)
+        %(corrected)s::bigint, %(rationale)s::text, %(duration)s::integer,
+        %(require_lease)s::boolean)
 """
 
 
@@ -215,6 +216,8 @@ def judge_steps(
         params,
     )
     lease = cursor.fetchone()  # (live, shown_left) or None
+    if params["require_lease"] and (lease is None or not lease[0]):
+        return ("not_leased" if lease is None else "expired"), None, None, None
     if lease is None or not lease[0]:
         cursor.execute(_HOLDERS_SQL, params)
         if judgment_count + cursor.fetchone()[1] >= overlap:

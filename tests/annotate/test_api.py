@@ -1,9 +1,11 @@
 """The labelling API through HTTP with bearer tokens: cases, next, judgment, pairs.jsonl."""
 
 import json
+from datetime import timedelta
 
 import pytest
 from django.test import Client
+from django.utils import timezone
 
 from accounts.models import AuditEvent
 from accounts.services import token_create
@@ -164,8 +166,35 @@ def test_judgment_errors(project, annotator, make_user, api):
     other = api(make_user("ann2"))
     assert other("get", "/projects/support/comparisons/next").json()["id"] == first.pk
     taken = call("post", f"/comparisons/{first.pk}/judgment", {"choice": "a"})
-    assert taken.status_code == 409 and "other annotators" in taken.json()["detail"]
+    assert taken.status_code == 409 and "was not leased to you" in taken.json()["detail"]
     assert Comparison.objects.get(pk=first.pk).judgment_count == 0
+
+
+def test_only_a_comparison_leased_to_the_caller_and_not_expired_can_be_judged(
+    project, annotator, api
+):
+    """Any open comparison could be judged by id, with a made-up left side recorded."""
+    first, second = make_pairs(project, 2)
+    call = api(annotator.user)
+    stranger = call("post", f"/comparisons/{second.pk}/judgment", {"choice": "a"})
+    assert stranger.status_code == 409
+    assert stranger.json()["detail"] == (
+        f"Comparison {second.pk} was not leased to you: judge what "
+        "GET /api/v1/projects/<slug>/comparisons/next hands you."
+    )
+    leased = call("get", "/projects/support/comparisons/next").json()
+    assert leased["id"] == first.pk
+    Lease.objects.filter(comparison=first).update(expires_at=timezone.now() - timedelta(seconds=1))
+    expired = call("post", f"/comparisons/{first.pk}/judgment", {"choice": "a"})
+    assert expired.status_code == 409 and "expired" in expired.json()["detail"]
+    assert not Judgment.objects.exists()
+
+    again = call("get", "/projects/support/comparisons/next").json()
+    judged = call("post", f"/comparisons/{again['id']}/judgment", {"choice": "a"})
+    assert judged.status_code == 201
+    judgment = Judgment.objects.get()
+    # the side recorded is the one the lease showed: "a" as shown is the left response
+    assert judgment.choice == judgment.shown_left
 
 
 def test_input_postgresql_cannot_take_is_a_4xx_not_a_500(project, curator, annotator, api):

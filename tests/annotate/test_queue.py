@@ -19,6 +19,7 @@ from annotate.models import Comparison, Judgment, Lease, Response
 from annotate.services import (
     ComparisonTaken,
     JudgmentConflict,
+    NotLeased,
     judgment_submit,
     judgment_undo,
     lease_next_comparison,
@@ -200,6 +201,20 @@ def test_an_own_expired_lease_is_renewed_in_place_and_may_still_judge(project, a
     # Nobody else holds it: the expired lease does not stand in the way of the judgment.
     judgment_submit(comparison=comparison, annotator=annotator.user, choice="a")
     assert Comparison.objects.get(pk=comparison.pk).judgment_count == 1
+
+
+def test_a_judgment_that_requires_a_lease_needs_a_live_one_of_the_annotator(project, annotator):
+    first, second = make_pairs(project, 2)
+    with pytest.raises(NotLeased, match="was not leased to you"):
+        judgment_submit(comparison=second, annotator=annotator.user, choice="a", require_lease=True)
+    lease_next_comparison(project=project, annotator=annotator.user)
+    Lease.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
+    with pytest.raises(NotLeased, match="expired"):
+        judgment_submit(comparison=first, annotator=annotator.user, choice="a", require_lease=True)
+    assert not Judgment.objects.exists()
+    lease_next_comparison(project=project, annotator=annotator.user)
+    judgment_submit(comparison=first, annotator=annotator.user, choice="a", require_lease=True)
+    assert Comparison.objects.get(pk=first.pk).judgment_count == 1
 
 
 def test_a_comparison_whose_overlap_was_lowered_under_a_live_lease_is_full(make_user):
