@@ -56,7 +56,7 @@ up: install
 up: export DEBUG ?= 1
 
 test: torch
-	$(PIP) install -q -e '.[train,dev]'
+	$(PIP) install -q -e '.[train,qlora,dev]'
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -194,6 +194,24 @@ def _verdict(row: dict[str, Any]) -> str:
     return {True: "fixed", False: "not fixed"}.get(row.get("fixed"), "-")
 
 
+def _precision_lines(report: dict[str, Any]) -> list[str]:
+    """How the base was held in training and in the before/after answers (QLoRA: 4-bit)."""
+    precision = report.get("precision")
+    if not precision:
+        return []
+    lines = [
+        f"- Base in training: {precision['base_in_training']}",
+        f"- Before/after answers computed on: {precision['eval']} base",
+    ]
+    if precision.get("base_quantized_in_training"):
+        lines.append(
+            "- Trained on a 4-bit base (QLoRA); serve it on the full-precision base as usual. "
+            "Its answers there can differ slightly from the ones below, which came from the "
+            "4-bit base."
+        )
+    return lines
+
+
 def model_card(
     *, job: Any, report: dict[str, Any] | None, metrics: dict[str, Any] | None = None
 ) -> str:
@@ -221,6 +239,7 @@ def model_card(
         f"- Trained: {job.started_at:%Y-%m-%d %H:%M} UTC" if job.started_at else "- Trained: -",
         f"- Stopped: {training.get('stopped_because', '-')}",
         f"- Mitigation: {training.get('mitigation', '-')}",
+        *_precision_lines(report),
         "",
         "## Checksums",
         "",

@@ -258,6 +258,20 @@ def test_the_model_card_lists_the_last_steps_metrics(finished_job):
     assert "No training step was recorded." in empty
 
 
+def test_the_model_card_says_the_base_was_4bit_in_training(finished_job):
+    precision = {
+        "base_in_training": "4bit NF4 (compute bfloat16)",
+        "base_quantized_in_training": True,
+        "eval": "4bit NF4 (compute bfloat16)",
+    }
+    card = artifacts.model_card(job=finished_job, report=REPORT | {"precision": precision})
+    assert "- Base in training: 4bit NF4 (compute bfloat16)" in card
+    assert "- Before/after answers computed on: 4bit NF4 (compute bfloat16) base" in card
+    assert "Trained on a 4-bit base (QLoRA)" in card
+    plain = artifacts.model_card(job=finished_job, report=REPORT)
+    assert "4-bit" not in plain
+
+
 def test_a_patch_on_a_deployed_adapter_ships_both_as_one_lora(
     curator_client, project, curator, model_folder, tmp_path, artifact_root
 ):

@@ -141,6 +141,7 @@ class Patch:
                     f"cannot load adapter {self.deployed_path} on {base.path}: {first_line(error)}"
                 ) from None
             self.model.add_adapter(PATCH, lora_config(config, self.targets))
+        eval_mode(self.model)  # peft's from_pretrained switched everything to eval mode
         self._activate_patch()
 
     @property
