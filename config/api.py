@@ -10,7 +10,11 @@ from django.http import Http404, HttpRequest
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError
 
+from accounts.api import router as accounts_router
 from accounts.api_auth import BearerToken, BrowserSession
+from annotate.api import router as annotate_router
+from rounds.api import router as rounds_router
+from training.api import router as training_router
 
 api = NinjaAPI(
     title="Patchwise API",
@@ -54,23 +58,8 @@ def not_found(request: HttpRequest, exc: Http404):
     return api.create_response(request, {"detail": str(exc) or "Not found."}, status=404)
 
 
-def _add_app_routers() -> None:
-    """Routers live next to the models they serve; an app without one yet is skipped."""
-    from importlib import import_module
-
-    for module_name, prefix in (
-        ("accounts.api", ""),
-        ("annotate.api", ""),
-        ("training.api", ""),
-        ("rounds.api", ""),
-    ):
-        try:
-            module = import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            continue
-        api.add_router(prefix, module.router)
-
-
-_add_app_routers()
+# Routers live next to the models they serve.
+api.add_router("", accounts_router)
+api.add_router("", annotate_router)
+api.add_router("", training_router)
+api.add_router("", rounds_router)

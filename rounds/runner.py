@@ -11,17 +11,15 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 
 from annotate.models import Case
 from rounds import services
 from rounds.models import GenerationRequest, Purpose
-from training.runner import Heartbeat
+from training import lifecycle
 
 logger = logging.getLogger(__name__)
 
 SEQUENCES_PER_BATCH = 16  # answers sampled in one forward batch (cases × n)
-CANCEL_CHECK_EVERY_S = 0.5
 
 
 def batches(cases: list[Case], n: int) -> list[list[Case]]:
@@ -29,33 +27,11 @@ def batches(cases: list[Case], n: int) -> list[list[Case]]:
     return [cases[start : start + size] for start in range(0, len(cases), size)]
 
 
-class CancelCheck:
-    """The engine's should_cancel, reading the request's cancel flag at most twice a second."""
-
-    def __init__(self, generation_id: int) -> None:
-        self.generation_id = generation_id
-        self.last_check = 0.0
-        self.cancelled = False
-
-    def __call__(self) -> bool:
-        now = time.monotonic()
-        if not self.cancelled and now - self.last_check >= CANCEL_CHECK_EVERY_S:
-            self.last_check = now
-            self.cancelled = services.generation_cancel_requested(generation_id=self.generation_id)
-        return self.cancelled
-
-
 def run_claimed_generation(generation: GenerationRequest) -> str:
     """Sample, store and record one request this worker has claimed; returns its final status."""
     from training.engine import Cancelled, EngineError
-    from training.services import heartbeat_seconds
 
-    heartbeat = Heartbeat(
-        f"heartbeat-generation-{generation.pk}",
-        lambda: services.generation_heartbeat(generation_id=generation.pk),
-        heartbeat_seconds(),
-    )
-    heartbeat.start()
+    heartbeat = lifecycle.beating(services.GENERATIONS, generation.pk)
     try:
         return _run(generation)
     except Cancelled:
@@ -92,7 +68,7 @@ def _run(generation: GenerationRequest) -> str:
         "generation %s: base model %s", generation.pk, "from memory" if from_memory else "loaded"
     )
     current_round = generation.round if generation.purpose == Purpose.ROUND else None
-    should_cancel = CancelCheck(generation.pk)
+    should_cancel = lifecycle.CancelCheck(services.GENERATIONS, generation.pk)
     done = 0
     # The adapter goes on once for the whole request (and comes off after, even on an error).
     with adapter_applied(base, generation.adapter_path or None) as model:

@@ -14,9 +14,9 @@ from typing import Any
 from django.db.models import Prefetch, QuerySet
 
 from annotate.models import Case, Choice, Judgment, Project, Split
+from rounds import winrate
 from rounds.models import GenerationRequest, Round, RoundAnswer
-from training import winrate
-from training.winrate import WinRate
+from rounds.winrate import WinRate
 
 
 class SelectionError(Exception):

@@ -1,8 +1,9 @@
 """Every change of a generation request's or a round's state, each with its audit row.
 
-A generation request goes queued -> running -> succeeded | failed | cancelled, exactly like a
-training job: a worker claims it with a filtered update, heartbeats while it samples, checks the
-cancel flag between batches, and a reaper fails it when its heartbeat goes stale.
+A generation request goes queued -> running -> succeeded | failed | cancelled through
+training.lifecycle, as a training job does: a worker claims it with a filtered update,
+heartbeats while it samples, checks the cancel flag between batches, and a reaper fails it when
+its heartbeat goes stale.
 
 Candidates become annotate Responses (origin "generated", with the model and adapter that made
 them) and comparisons that cover each of them without all N² pairs: every new candidate meets the
@@ -16,7 +17,6 @@ import dataclasses
 import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
@@ -29,6 +29,7 @@ from django.utils import timezone
 from accounts.roles import require_curator
 from accounts.services import audit_record
 from annotate.models import Case, Comparison, Origin, Project, Response, Side, Split
+from annotate.services import case_flag, comparison_create, response_create
 from core.text import storable
 from rounds.models import (
     GenerationRequest,
@@ -37,14 +38,17 @@ from rounds.models import (
     Round,
     RoundAnswer,
 )
+from training import lifecycle
 from training.dispatch import publish, require_broker
 from training.engine.config import MAX_SEED, SEED_RULE
-from training.lifecycle import request_cancel, transition
-from training.liveness import generation_stopped_error, silent_worker
+from training.liveness import generation_stopped_error
 
 MAX_CANDIDATES = 16  # per case and request; more is better done as two requests
 MAX_NEW_TOKENS = 4096
 MAX_CASES = 5000
+
+
+RUN_GENERATION_TASK = "training.run_generation"  # rounds.tasks.run_generation
 
 
 class GenerationRefused(Exception):
@@ -215,10 +219,8 @@ def generation_create(
 
 def _send_to_worker(generation_id: int) -> None:
     """Publish the request's task; a broker that does not answer fails it (BrokerUnavailable)."""
-    from rounds.tasks import run_generation
-
     publish(
-        run_generation,
+        RUN_GENERATION_TASK,
         generation_id,
         what=f"Generation {generation_id}",
         fail=lambda message: generation_fail(generation_id=generation_id, error=message),
@@ -228,92 +230,55 @@ def _send_to_worker(generation_id: int) -> None:
 # ---------------------------------------------------------------------------------- running
 
 
-def _transition(*, generation_id: int, **change: Any) -> GenerationRequest | None:
-    """Move one request between states (see training.lifecycle.transition); None when it was
-    not in ``from_statuses``."""
-    return transition(model=GenerationRequest, pk=generation_id, **change)
+GENERATIONS = lifecycle.Kind(
+    model=GenerationRequest,
+    action="generation",
+    related=("project", "adapter_job"),
+    claimed_progress={"phase": "loading", "step": 0, "total": 0},
+    stopped_error=generation_stopped_error,
+    terse=True,
+)
 
 
 def generation_claim(*, generation_id: int, worker_name: str) -> GenerationRequest | None:
     """queued -> running for this worker; None when another worker has it or it was cancelled."""
-    now = timezone.now()
-    claimed = GenerationRequest.objects.filter(
-        pk=generation_id, status=GenerationStatus.QUEUED
-    ).update(
-        status=GenerationStatus.RUNNING,
-        worker_name=worker_name,
-        started_at=now,
-        heartbeat_at=now,
-        attempts=F("attempts") + 1,
-        progress={"phase": "loading", "step": 0, "total": 0},
-    )
-    if not claimed:
-        return None
-    generation = GenerationRequest.objects.select_related("project", "adapter_job").get(
-        pk=generation_id
-    )
-    audit_record(
-        actor=None,
-        action="generation.claim",
-        target=generation,
-        old_value={"status": GenerationStatus.QUEUED},
-        new_value={"status": GenerationStatus.RUNNING, "worker": worker_name},
-    )
-    return generation
+    return lifecycle.claim(GENERATIONS, pk=generation_id, worker_name=worker_name)
 
 
 def generation_heartbeat(*, generation_id: int) -> bool:
-    return bool(
-        GenerationRequest.objects.filter(pk=generation_id, status=GenerationStatus.RUNNING).update(
-            heartbeat_at=timezone.now()
-        )
-    )
+    return lifecycle.heartbeat(GENERATIONS, pk=generation_id)
 
 
 def generation_record_progress(*, generation_id: int, progress: dict[str, Any]) -> bool:
     """Store phase/step/total of a running request; also a heartbeat. No audit row."""
-    return bool(
-        GenerationRequest.objects.filter(pk=generation_id, status=GenerationStatus.RUNNING).update(
-            progress=progress, heartbeat_at=timezone.now()
-        )
-    )
+    return lifecycle.record_progress(GENERATIONS, pk=generation_id, progress=progress)
 
 
 def generation_cancel_requested(*, generation_id: int) -> bool:
-    return GenerationRequest.objects.filter(pk=generation_id, cancel_requested=True).exists()
+    return lifecycle.cancel_requested(GENERATIONS, pk=generation_id)
 
 
 def generation_succeed(*, generation_id: int) -> GenerationRequest | None:
-    generation = GenerationRequest.objects.only("progress").get(pk=generation_id)
-    progress = {**generation.progress, "phase": "done"}
-    progress["step"] = progress.get("total", 0)
-    now = timezone.now()
-    return _transition(
-        generation_id=generation_id,
+    def fields(generation: GenerationRequest) -> dict[str, Any]:
+        now = timezone.now()
+        progress = {**generation.progress, "phase": "done"}
+        progress["step"] = progress.get("total", 0)
+        return {"finished_at": now, "heartbeat_at": now, "progress": progress}
+
+    return lifecycle.transition(
+        model=GenerationRequest,
+        pk=generation_id,
         from_statuses=(GenerationStatus.RUNNING,),
         to_status=GenerationStatus.SUCCEEDED,
         action="generation.succeed",
-        fields={"finished_at": now, "heartbeat_at": now, "progress": progress},
+        fields=fields,
     )
 
 
 def generation_fail(
     *, generation_id: int, error: str, actor: AbstractBaseUser | None = None
 ) -> GenerationRequest | None:
-    generation = GenerationRequest.objects.only("progress").get(pk=generation_id)
-    return _transition(
-        generation_id=generation_id,
-        from_statuses=(GenerationStatus.QUEUED, GenerationStatus.RUNNING),
-        to_status=GenerationStatus.FAILED,
-        action="generation.fail",
-        actor=actor,
-        fields={
-            "error": error,
-            "finished_at": timezone.now(),
-            "progress": {**generation.progress, "phase": "failed"},
-        },
-        audit_extra={"error": error},
-    )
+    return lifecycle.fail(GENERATIONS, pk=generation_id, error=error, actor=actor)
 
 
 def generation_cancel(
@@ -326,40 +291,11 @@ def generation_cancel(
         raise GenerationRefused(
             f"generation {generation.pk} has already {generation.status}; nothing to cancel"
         )
-    cancelled = _transition(
-        generation_id=generation.pk,
-        from_statuses=(GenerationStatus.QUEUED,),
-        to_status=GenerationStatus.CANCELLED,
-        action="generation.cancel",
-        actor=actor,
-        fields={
-            "cancel_requested": True,
-            "finished_at": timezone.now(),
-            "progress": {**generation.progress, "phase": "cancelled"},
-        },
-    )
-    if cancelled is not None:
-        return cancelled
-    return request_cancel(
-        row=generation,
-        running_status=GenerationStatus.RUNNING,
-        action="generation.cancel_request",
-        actor=actor,
-    )
+    return lifecycle.cancel(GENERATIONS, row=generation, actor=actor)
 
 
 def generation_mark_cancelled(*, generation_id: int) -> GenerationRequest | None:
-    generation = GenerationRequest.objects.only("progress").get(pk=generation_id)
-    return _transition(
-        generation_id=generation_id,
-        from_statuses=(GenerationStatus.RUNNING,),
-        to_status=GenerationStatus.CANCELLED,
-        action="generation.cancelled",
-        fields={
-            "finished_at": timezone.now(),
-            "progress": {**generation.progress, "phase": "cancelled"},
-        },
-    )
+    return lifecycle.mark_cancelled(GENERATIONS, pk=generation_id)
 
 
 def generations_reap_stale(
@@ -367,26 +303,11 @@ def generations_reap_stale(
 ) -> list[int]:
     """Fail running requests whose worker stopped sending heartbeats (or, given
     ``worker_name``, those that worker left running before it restarted)."""
-    from django.db.models import Q
-
-    from training.services import stale_after_seconds
-
-    threshold = stale_after_seconds() if older_than_seconds is None else older_than_seconds
-    cutoff = timezone.now() - timedelta(seconds=threshold)
-    stale = Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True)
-    if worker_name:
-        stale |= Q(worker_name=worker_name)
-    reaped = []
-    running = GenerationRequest.objects.filter(stale, status=GenerationStatus.RUNNING)
-    for generation in running.only("pk", "worker_name"):
-        if worker_name and generation.worker_name == worker_name:
-            reason = f"its worker {generation.worker_name} restarted while running it"
-        else:
-            reason = silent_worker(generation.worker_name, threshold, long=False)
-        error = generation_stopped_error(reason)
-        if generation_fail(generation_id=generation.pk, error=error) is not None:
-            reaped.append(generation.pk)
-    return reaped
+    return lifecycle.reap_stale(
+        GENERATIONS,
+        older_than_seconds=older_than_seconds,
+        worker_name=worker_name,
+    )
 
 
 # ---------------------------------------------------------------------------------- candidates
@@ -395,8 +316,6 @@ def generations_reap_stale(
 def _response_create(*, case: Case, text: str, generation: GenerationRequest) -> Response | None:
     """A generated answer as a Response naming its model and adapter; None if it is unusable
     (e.g. longer than a response may be)."""
-    from annotate.services import response_create
-
     try:
         return response_create(
             case=case,
@@ -465,8 +384,6 @@ def candidates_store(
     case's existing answers, ignoring surrounding whitespace) and empty ones, and queue the
     comparisons that cover them. One transaction per case. ``sampled``: how many answers were
     drawn, when the sampler already dropped some (default: as many as ``texts``)."""
-    from annotate.services import comparison_create
-
     texts = [storable(text) for text in texts]
     sampled = len(texts) if sampled is None else max(sampled, len(texts))
     with transaction.atomic():
@@ -603,8 +520,6 @@ def round_answer_store(*, current: Round, case: Case, text: str) -> RoundAnswer 
     """Store a case's answer in ``current`` and queue its blind comparison with the previous
     round's answer, sides drawn at random. The same text as before is not asked about (it
     reuses the previous response and counts as a tie)."""
-    from annotate.services import comparison_create
-
     text = storable(text)
     with transaction.atomic():
         existing = RoundAnswer.objects.filter(round=current, case=case).first()
@@ -662,17 +577,7 @@ def round_requeue_failing(
         )
     with transaction.atomic():
         for case in failing:
-            if not case.flagged:
-                case.flagged = True
-                case.full_clean()
-                case.save(update_fields=["flagged"])
-                audit_record(
-                    actor=actor,
-                    action="case.flag",
-                    target=case,
-                    old_value={"flagged": False},
-                    new_value={"flagged": True, "round": current.number},
-                )
+            case_flag(case=case, actor=actor, context={"round": current.number})
         return generation_create(
             project=current.project,
             actor=actor,

@@ -15,7 +15,7 @@ from rounds import services
 logger = logging.getLogger(__name__)
 
 
-@shared_task(bind=True, name="training.run_generation", queue="gpu", acks_late=True)
+@shared_task(bind=True, name=services.RUN_GENERATION_TASK, queue="gpu", acks_late=True)
 def run_generation(self, generation_id: int) -> str:
     """Claim generation request ``generation_id`` and sample it. Delivered twice (acks_late),
     it runs once: the second delivery finds the row no longer queued and returns "skipped"."""

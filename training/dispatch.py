@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from celery import current_app
 from django.conf import settings
 from kombu import Connection
 from kombu.exceptions import KombuError
@@ -54,11 +55,20 @@ def require_broker(what: str) -> None:
         raise BrokerUnavailable(broker_down_message(what, failed=False)) from None
 
 
-def publish(task: Any, row_id: int, *, what: str, fail: Callable[[str], Any]) -> None:
-    """Publish ``task(row_id)``; when the broker is down, ``fail(message)`` the row and raise
-    BrokerUnavailable with the same message."""
+def publish(task_name: str, row_id: int, *, what: str, fail: Callable[[str], Any]) -> None:
+    """Publish the task named ``task_name`` for ``row_id``; when the broker is down,
+    ``fail(message)`` the row and raise BrokerUnavailable with the same message.
+
+    By name (config/celery.py routes it to its queue), so services, which call this, need not
+    import the tasks module that imports them."""
     try:
-        task.apply_async(args=[row_id], ignore_result=True, retry=True, retry_policy=PUBLISH_RETRY)
+        current_app.send_task(
+            task_name,
+            args=[row_id],
+            ignore_result=True,
+            retry=True,
+            retry_policy=PUBLISH_RETRY,
+        )
     except (KombuError, OSError) as error:
         message = broker_down_message(what)
         fail(message)

@@ -2,8 +2,8 @@
 heartbeat, then the artifacts. ``training.tasks.run_job`` calls ``run_claimed_job``.
 
 Writes to the job row are throttled (progress at most about once a second, the cancel flag read
-at most twice a second): a tiny model can take hundreds of steps a second and the database
-should not feel them.
+at most twice a second; training.lifecycle): a tiny model can take hundreds of steps a second
+and the database should not feel them.
 """
 
 from __future__ import annotations
@@ -11,22 +11,17 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import threading
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from django.db import close_old_connections, connection
-
-from training import artifacts, model_cache, services
+from training import artifacts, lifecycle, model_cache, services
 from training.models import TrainingJob
 
 logger = logging.getLogger(__name__)
 
 PROGRESS_EVERY_S = 1.0
-CANCEL_CHECK_EVERY_S = 0.5
 SERIES_KEYS = (
     "loss",
     "rewards/margins",
@@ -56,33 +51,6 @@ PHASE_LABEL = {
 }
 
 
-class Heartbeat(threading.Thread):
-    """Calls ``beat`` every few seconds while the engine holds the main thread.
-
-    Training jobs and generation requests both use it: their reapers fail rows whose beat stops.
-    """
-
-    def __init__(self, name: str, beat: Callable[[], object], every_s: float) -> None:
-        super().__init__(name=name, daemon=True)
-        self.beat, self.every_s = beat, every_s
-        self.stopped = threading.Event()
-
-    def run(self) -> None:
-        try:
-            while not self.stopped.wait(self.every_s):
-                try:
-                    self.beat()
-                except Exception:  # a lost connection must not kill the thread; retry next beat
-                    logger.exception("%s failed", self.name)
-                    close_old_connections()
-        finally:
-            connection.close()
-
-    def stop(self) -> None:
-        self.stopped.set()
-        self.join(timeout=5)
-
-
 class Progress:
     """The engine's on_progress and should_cancel, throttled onto the job row."""
 
@@ -92,8 +60,7 @@ class Progress:
         self.latest: dict[str, Any] = {}
         self.state: dict[str, Any] = {"phase": "loading", "step": 0, "total": 0}
         self.last_write = 0.0
-        self.last_cancel_check = 0.0
-        self.cancelled = False
+        self.should_cancel = lifecycle.CancelCheck(services.JOBS, job_id)
         self.train_started: tuple[float, int] | None = None
         self.memory_plan: dict[str, Any] | None = None
 
@@ -142,24 +109,12 @@ class Progress:
             "eta_seconds": eta,
         }
 
-    def should_cancel(self) -> bool:
-        now = time.monotonic()
-        if not self.cancelled and now - self.last_cancel_check >= CANCEL_CHECK_EVERY_S:
-            self.last_cancel_check = now
-            self.cancelled = services.job_cancel_requested(job_id=self.job_id)
-        return self.cancelled
-
 
 def run_claimed_job(job: TrainingJob) -> str:
     """Train, save and record one job this worker has claimed; returns its final status."""
     from training.engine import Cancelled, EngineError, TrainConfig, train
 
-    heartbeat = Heartbeat(
-        f"heartbeat-job-{job.pk}",
-        lambda: services.job_heartbeat(job_id=job.pk),
-        services.heartbeat_seconds(),
-    )
-    heartbeat.start()
+    heartbeat = lifecycle.beating(services.JOBS, job.pk)
     progress = Progress(job.pk)
     staging = artifacts.job_dir(job.pk) / f".staging-{uuid.uuid4().hex}"
     try:

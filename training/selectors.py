@@ -9,6 +9,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import QuerySet
 from django.http import Http404
 
+from annotate.selectors import projects_for_user
 from training.models import TrainingJob
 
 # Big JSON columns a list page never shows.
@@ -16,14 +17,8 @@ _HEAVY_FIELDS = ("data_snapshot", "metrics_series", "report", "config")
 
 
 def visible_projects(*, user: AbstractBaseUser) -> QuerySet:
-    """The projects ``user`` may see: annotate's rule (restricted projects: members and
-    curators) when it is there, every project otherwise."""
-    from annotate.models import Project
-
-    try:
-        from annotate.selectors import projects_for_user
-    except ImportError:
-        return Project.objects.all()
+    """The projects ``user`` may see, by annotate's rule (restricted projects: members and
+    curators)."""
     return projects_for_user(user=user)
 
 

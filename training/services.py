@@ -1,33 +1,31 @@
 """Every change of a training job's state, each with its audit row.
 
-queued -> running -> succeeded | failed | cancelled. A worker takes a job with a filtered update
-(``job_claim``: queued -> running; zero rows means someone else has it or it was cancelled), so
-the Celery task can be delivered twice without running twice. A worker that dies leaves a
-running row whose heartbeat goes stale; ``job_reap_stale`` fails it with a message that says so
-(we do not re-queue: a job that killed its worker, e.g. out of memory, would likely kill the
-next one too, and the curator can launch again with one click).
+queued -> running -> succeeded | failed | cancelled, through training.lifecycle, the one life
+of a worker row that generation requests (rounds) share: a worker claims a job with a filtered
+update, so the Celery task can be delivered twice without running twice, heartbeats while it
+trains, and a reaper fails a job whose heartbeat went stale (the curator can launch again with
+one click).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import Q
 from django.utils import timezone
 
 from accounts.roles import require_curator
 from accounts.services import audit_record
 from core.text import storable
+from training import lifecycle
 from training.dispatch import publish
-from training.lifecycle import request_cancel, transition
-from training.liveness import job_stopped_error, silent_worker
+from training.liveness import job_stopped_error
 from training.models import JobStatus, TrainingJob
 from training.paths import PathRefused, check_allowed_path, check_path_text
 
@@ -53,16 +51,11 @@ LAUNCH_KEYS = (
 WORKER_KEYS = ("gpus",)
 
 
+RUN_JOB_TASK = "training.run_job"  # training.tasks.run_job
+
+
 class JobRefused(Exception):
     """A launch or cancel that cannot happen, with the reason a user can act on."""
-
-
-def heartbeat_seconds() -> float:
-    return float(settings.PATCHWISE_JOB_HEARTBEAT_SECONDS)
-
-
-def stale_after_seconds() -> float:
-    return float(settings.PATCHWISE_JOB_STALE_SECONDS)
 
 
 # ---------------------------------------------------------------------------------- launching
@@ -226,10 +219,8 @@ def job_enqueue(
 
 def _send_to_worker(job_id: int) -> None:
     """Publish the job's task; a broker that does not answer fails the job (BrokerUnavailable)."""
-    from training.tasks import run_job
-
     publish(
-        run_job,
+        RUN_JOB_TASK,
         job_id,
         what=f"Job {job_id}",
         fail=lambda message: job_fail(job_id=job_id, error=message),
@@ -239,51 +230,23 @@ def _send_to_worker(job_id: int) -> None:
 # ---------------------------------------------------------------------------------- running
 
 
-def _transition(*, job_id: int, **change: Any) -> TrainingJob | None:
-    """Move one job between states (see training.lifecycle.transition); None when it was not
-    in ``from_statuses`` (or no longer matches ``still``)."""
-    return transition(model=TrainingJob, pk=job_id, **change)
-
-
-def _ended(job: TrainingJob, phase: str) -> dict[str, Any]:
-    return {
-        "finished_at": timezone.now(),
-        "progress": {**job.progress, "phase": phase, "eta_seconds": None},
-    }
+JOBS = lifecycle.Kind(
+    model=TrainingJob,
+    action="job",
+    related=("project",),
+    claimed_progress={"phase": "starting", "step": 0, "total": 0, "eta_seconds": None},
+    stopped_error=job_stopped_error,
+)
 
 
 def job_claim(*, job_id: int, worker_name: str) -> TrainingJob | None:
     """queued -> running for this worker; None when another worker has it or it was cancelled."""
-    now = timezone.now()
-    with transaction.atomic():
-        claimed = TrainingJob.objects.filter(pk=job_id, status=JobStatus.QUEUED).update(
-            status=JobStatus.RUNNING,
-            worker_name=worker_name,
-            started_at=now,
-            heartbeat_at=now,
-            attempts=F("attempts") + 1,
-            progress={"phase": "starting", "step": 0, "total": 0, "eta_seconds": None},
-        )
-        if not claimed:
-            return None
-        job = TrainingJob.objects.select_related("project").get(pk=job_id)
-        audit_record(
-            actor=None,
-            action="job.claim",
-            target=job,
-            old_value={"status": JobStatus.QUEUED},
-            new_value={"status": JobStatus.RUNNING, "worker": worker_name},
-        )
-    return job
+    return lifecycle.claim(JOBS, pk=job_id, worker_name=worker_name)
 
 
 def job_heartbeat(*, job_id: int) -> bool:
     """Tell the reaper this job's worker is alive; False when the job is no longer running."""
-    return bool(
-        TrainingJob.objects.filter(pk=job_id, status=JobStatus.RUNNING).update(
-            heartbeat_at=timezone.now()
-        )
-    )
+    return lifecycle.heartbeat(JOBS, pk=job_id)
 
 
 def job_record_progress(
@@ -298,16 +261,16 @@ def job_record_progress(
     Not a state change, so no audit row. Callers throttle it (training.runner writes at most
     about once a second).
     """
-    fields: dict[str, Any] = {"progress": progress, "heartbeat_at": timezone.now()}
+    fields: dict[str, Any] = {}
     if latest_metrics is not None:
         fields["latest_metrics"] = latest_metrics
     if metrics_series is not None:
         fields["metrics_series"] = metrics_series
-    return bool(TrainingJob.objects.filter(pk=job_id, status=JobStatus.RUNNING).update(**fields))
+    return lifecycle.record_progress(JOBS, pk=job_id, progress=progress, **fields)
 
 
 def job_cancel_requested(*, job_id: int) -> bool:
-    return TrainingJob.objects.filter(pk=job_id, cancel_requested=True).exists()
+    return lifecycle.cancel_requested(JOBS, pk=job_id)
 
 
 def job_succeed(
@@ -334,8 +297,9 @@ def job_succeed(
             "progress": progress,
         }
 
-    return _transition(
-        job_id=job_id,
+    return lifecycle.transition(
+        model=TrainingJob,
+        pk=job_id,
         from_statuses=(JobStatus.RUNNING,),
         to_status=JobStatus.SUCCEEDED,
         action="job.succeed",
@@ -347,16 +311,7 @@ def job_succeed(
 def job_fail(
     *, job_id: int, error: str, actor: AbstractBaseUser | None = None, still: Q | None = None
 ) -> TrainingJob | None:
-    return _transition(
-        job_id=job_id,
-        from_statuses=(JobStatus.QUEUED, JobStatus.RUNNING),
-        to_status=JobStatus.FAILED,
-        action="job.fail",
-        actor=actor,
-        fields=lambda job: {"error": error, **_ended(job, "failed")},
-        audit_extra={"error": error},
-        still=still,
-    )
+    return lifecycle.fail(JOBS, pk=job_id, error=error, actor=actor, still=still)
 
 
 def job_cancel(*, job: TrainingJob, actor: AbstractBaseUser) -> TrainingJob:
@@ -365,30 +320,12 @@ def job_cancel(*, job: TrainingJob, actor: AbstractBaseUser) -> TrainingJob:
     require_curator(actor)
     if job.is_finished:
         raise JobRefused(f"job {job.pk} has already {job.status}; there is nothing to cancel")
-    cancelled = _transition(
-        job_id=job.pk,
-        from_statuses=(JobStatus.QUEUED,),
-        to_status=JobStatus.CANCELLED,
-        action="job.cancel",
-        actor=actor,
-        fields=lambda row: {"cancel_requested": True, **_ended(row, "cancelled")},
-    )
-    if cancelled is not None:
-        return cancelled
-    return request_cancel(
-        row=job, running_status=JobStatus.RUNNING, action="job.cancel_request", actor=actor
-    )
+    return lifecycle.cancel(JOBS, row=job, actor=actor)
 
 
 def job_mark_cancelled(*, job_id: int) -> TrainingJob | None:
     """The worker saw the cancel request and stopped: running -> cancelled."""
-    return _transition(
-        job_id=job_id,
-        from_statuses=(JobStatus.RUNNING,),
-        to_status=JobStatus.CANCELLED,
-        action="job.cancelled",
-        fields=lambda job: _ended(job, "cancelled"),
-    )
+    return lifecycle.mark_cancelled(JOBS, pk=job_id)
 
 
 def job_reap_stale(
@@ -396,20 +333,8 @@ def job_reap_stale(
 ) -> list[int]:
     """Fail running jobs whose worker stopped sending heartbeats (or, given ``worker_name``, the
     jobs that worker left running before it restarted). Returns the ids it failed."""
-    threshold = stale_after_seconds() if older_than_seconds is None else older_than_seconds
-    cutoff = timezone.now() - timedelta(seconds=threshold)
-    stale = Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True)
-    if worker_name:
-        stale |= Q(worker_name=worker_name)
-    reaped = []
-    candidates = TrainingJob.objects.filter(stale, status=JobStatus.RUNNING)
-    for job in candidates.only("pk", "worker_name", "heartbeat_at"):
-        if worker_name and job.worker_name == worker_name:
-            reason = f"its worker {job.worker_name} restarted while running it"
-        else:
-            reason = silent_worker(job.worker_name, threshold)
-        error = job_stopped_error(reason)
-        # Re-checked under the row lock: a heartbeat that arrived meanwhile saves the job.
-        if job_fail(job_id=job.pk, error=error, still=stale) is not None:
-            reaped.append(job.pk)
-    return reaped
+    return lifecycle.reap_stale(
+        JOBS,
+        older_than_seconds=older_than_seconds,
+        worker_name=worker_name,
+    )

@@ -26,7 +26,7 @@ def probe_worker() -> dict:
     return info
 
 
-@shared_task(bind=True, name="training.run_job", queue="gpu", acks_late=True)
+@shared_task(bind=True, name=services.RUN_JOB_TASK, queue="gpu", acks_late=True)
 def run_job(self, job_id: int) -> str:
     """Claim job ``job_id`` and train it. Delivered twice (acks_late), it runs once: the second
     delivery finds the row no longer queued and returns "skipped"."""

@@ -13,6 +13,7 @@ from annotate.importing import ImportRejected
 from annotate.services.cases import (
     ImportResult,
     case_create,
+    case_flag,
     case_set_checks,
     cases_import,
     comparison_create,
@@ -37,6 +38,7 @@ __all__ = [
     "LEASE_DURATION",
     "NotLeased",
     "case_create",
+    "case_flag",
     "case_set_checks",
     "cases_import",
     "comparison_create",

@@ -169,6 +169,30 @@ def case_create(
     return case
 
 
+def case_flag(
+    *,
+    case: Case,
+    actor: AbstractBaseUser | None,
+    flagged: bool = True,
+    context: dict[str, Any] | None = None,
+) -> Case:
+    """Mark a case as one the next patch must fix (or no longer); audited, with ``context``
+    saying why (e.g. the round it still failed in). Nothing happens if it already is."""
+    if case.flagged == flagged:
+        return case
+    case.flagged = flagged
+    case.full_clean(exclude=["project"])
+    case.save(update_fields=["flagged"])
+    audit_record(
+        actor=actor,
+        action="case.flag" if flagged else "case.unflag",
+        target=case,
+        old_value={"flagged": not flagged},
+        new_value={"flagged": flagged, **(context or {})},
+    )
+    return case
+
+
 @transaction.atomic
 def cases_import(
     *,

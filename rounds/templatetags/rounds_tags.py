@@ -3,7 +3,7 @@ from typing import Any
 from django import template
 
 from annotate.models import kind_label as _kind_label
-from training.winrate import WinRate
+from rounds.winrate import WinRate
 
 register = template.Library()
 

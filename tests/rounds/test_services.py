@@ -292,7 +292,7 @@ def test_round_zero_takes_the_rejected_side_of_an_imported_pair(curator, base_mo
 def test_more_than_two_rounds_add_a_bradley_terry_fit(client, curator, make_annotators, base_model):
     """Round 1 beats round 0 in 3 of 4 cases, round 2 beats round 1 in 4 of 4."""
     from annotate.services import judgment_submit
-    from training.winrate import bradley_terry_win_rates
+    from rounds.winrate import bradley_terry_win_rates
 
     project = make_flagged_project(flagged=4, heldout=0)
     (judge,) = make_annotators(1)

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from training.winrate import bradley_terry, bradley_terry_win_rates, wilson_interval, win_rate
+from rounds.winrate import bradley_terry, bradley_terry_win_rates, wilson_interval, win_rate
 
 
 def test_wilson_interval_matches_the_hand_computed_fixture():
