@@ -22,6 +22,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.core.validators import slug_re
 from django.db.models import Exists, OuterRef, Prefetch, Q, QuerySet
 from django.http import Http404
+from django.shortcuts import get_object_or_404
 
 from accounts.roles import is_curator
 from annotate.models import (
@@ -188,3 +189,12 @@ def project_by_slug(slug: str) -> Project:
         raise Http404(f"No project with the slug {slug!r}.")
     sql = f"SELECT {rows.columns(Project, 'p')} FROM {Project._meta.db_table} p WHERE p.slug = %s"
     return rows.instance(Project, rows.one_or_404(Project, sql, [slug]))
+
+
+def comparison_in_project(*, project: Project, comparison_id: int) -> Comparison:
+    """The project's comparison with its case and both responses, or Http404."""
+    return get_object_or_404(
+        Comparison.objects.select_related("case", "response_a", "response_b"),
+        pk=comparison_id,
+        project=project,
+    )

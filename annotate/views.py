@@ -12,14 +12,14 @@ from django.contrib import messages
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
-from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
+from django.http import HttpResponse, HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.defaultfilters import pluralize
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django.views.decorators.vary import vary_on_headers
 
 from accounts.roles import curator_required
-from annotate import reports, services
+from annotate import reports, selectors, services
 from annotate.field_rules import MAX_TEXT_CHARS
 from annotate.forms import (
     CaseFilterForm,
@@ -33,20 +33,13 @@ from annotate.forms import (
 )
 from annotate.importing import ImportRejected
 from annotate.models import Choice, Comparison, Judgment, Project, Response
+from core.http import HtmxHttpRequest, page_or_partial
 
 CASES_PER_PAGE = 25
 
 
-def _partial(request: HttpRequest, template: str, name: str) -> str:
-    """The partial for an htmx swap; the whole page otherwise, and when htmx restores history
-    after a cache miss (it then asks with HX-Request too, and needs the full page)."""
-    if request.htmx and not request.htmx.history_restore_request:
-        return f"{template}#{name}"
-    return template
-
-
 @require_GET
-def home(request: HttpRequest) -> HttpResponse:
+def home(request: HtmxHttpRequest) -> HttpResponse:
     projects = reports.projects_for_home(user=request.user)
     return render(request, "home.html", {"projects": projects})
 
@@ -107,7 +100,7 @@ def _pair_item(
     return item
 
 
-def _project_for_annotator(request: HttpRequest, slug: str) -> Project:
+def _project_for_annotator(request: HtmxHttpRequest, slug: str) -> Project:
     """The project, if this user may label it: 403 when it is restricted to other members."""
     project = get_object_or_404(Project, slug=slug)
     services.require_project_access(project=project, user=request.user)
@@ -115,7 +108,7 @@ def _project_for_annotator(request: HttpRequest, slug: str) -> Project:
 
 
 def _render_pair(
-    request: HttpRequest,
+    request: HtmxHttpRequest,
     project: Project,
     *,
     item: PairItem | None = None,
@@ -134,15 +127,7 @@ def _render_pair(
         "notice_kind": notice_kind,
         "max_text_length": MAX_TEXT_CHARS,
     }
-    return render(request, _partial(request, "annotate/compare.html", "pair"), context)
-
-
-def _comparison(project: Project, comparison_id: int) -> Comparison:
-    return get_object_or_404(
-        Comparison.objects.select_related("case", "response_a", "response_b"),
-        pk=comparison_id,
-        project=project,
-    )
+    return render(request, page_or_partial(request, "annotate/compare.html", "pair"), context)
 
 
 def _as_seen(choice: str, shown_left: str) -> str:
@@ -153,14 +138,14 @@ def _as_seen(choice: str, shown_left: str) -> str:
 
 @require_GET
 @vary_on_headers("HX-Request")
-def compare(request: HttpRequest, slug: str) -> HttpResponse:
+def compare(request: HtmxHttpRequest, slug: str) -> HttpResponse:
     project = _project_for_annotator(request, slug)
     return _render_pair(request, project)
 
 
 @require_POST
 @vary_on_headers("HX-Request")
-def judge(request: HttpRequest, slug: str) -> HttpResponse:
+def judge(request: HtmxHttpRequest, slug: str) -> HttpResponse:
     project = _project_for_annotator(request, slug)
     form = JudgeForm(request.POST, user=request.user)
     if not form.is_valid():
@@ -170,7 +155,9 @@ def judge(request: HttpRequest, slug: str) -> HttpResponse:
         # Plain text: the reasons may quote what was posted, which must never become markup.
         return HttpResponseBadRequest(reasons, content_type="text/plain; charset=utf-8")
     ticket: Ticket = form.cleaned_data["ticket"]
-    comparison = _comparison(project, ticket.comparison_id)
+    comparison = selectors.comparison_in_project(
+        project=project, comparison_id=ticket.comparison_id
+    )
     choice = choice_for(form.cleaned_data["pick"], ticket.shown_left)
     try:
         judgment, _created = services.judgment_submit(
@@ -197,7 +184,7 @@ def judge(request: HttpRequest, slug: str) -> HttpResponse:
 
 @require_POST
 @vary_on_headers("HX-Request")
-def undo(request: HttpRequest, slug: str) -> HttpResponse:
+def undo(request: HtmxHttpRequest, slug: str) -> HttpResponse:
     project = _project_for_annotator(request, slug)
     undone = services.judgment_undo(annotator=request.user, project=project)
     if not request.htmx:
@@ -206,7 +193,9 @@ def undo(request: HttpRequest, slug: str) -> HttpResponse:
         return redirect("compare", slug=project.slug)
     if undone is None:
         return _render_pair(request, project, notice="Nothing to undo.")
-    comparison = _comparison(project, undone.comparison_id)
+    comparison = selectors.comparison_in_project(
+        project=project, comparison_id=undone.comparison_id
+    )
     item = _pair_item(
         comparison=comparison, shown_left=undone.shown_left, user=request.user, undone=undone
     )
@@ -221,7 +210,7 @@ def undo(request: HttpRequest, slug: str) -> HttpResponse:
 
 @curator_required
 @require_http_methods(["GET", "POST"])
-def project_create(request: HttpRequest) -> HttpResponse:
+def project_create(request: HtmxHttpRequest) -> HttpResponse:
     form = ProjectCreateForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         project = services.project_create(**form.cleaned_data, actor=request.user)
@@ -235,7 +224,7 @@ def project_create(request: HttpRequest) -> HttpResponse:
 
 @curator_required
 @require_http_methods(["GET", "POST"])
-def project_settings(request: HttpRequest, slug: str) -> HttpResponse:
+def project_settings(request: HtmxHttpRequest, slug: str) -> HttpResponse:
     project = get_object_or_404(Project, slug=slug)
     form = ProjectSettingsForm(request.POST or None, instance=project)
     if request.method == "POST" and form.is_valid():
@@ -258,7 +247,7 @@ def project_settings(request: HttpRequest, slug: str) -> HttpResponse:
 
 @curator_required
 @require_GET
-def project_report(request: HttpRequest, slug: str) -> HttpResponse:
+def project_report(request: HtmxHttpRequest, slug: str) -> HttpResponse:
     project = get_object_or_404(Project, slug=slug)
     report = reports.project_report(project=project)
     return render(request, "annotate/project_report.html", {"project": project, "report": report})
@@ -267,7 +256,7 @@ def project_report(request: HttpRequest, slug: str) -> HttpResponse:
 @curator_required
 @require_GET
 @vary_on_headers("HX-Request")
-def case_list(request: HttpRequest, slug: str) -> HttpResponse:
+def case_list(request: HtmxHttpRequest, slug: str) -> HttpResponse:
     project = get_object_or_404(Project, slug=slug)
     form = CaseFilterForm(request.GET)
     filters = form.cleaned_data if form.is_valid() else {}
@@ -276,12 +265,12 @@ def case_list(request: HttpRequest, slug: str) -> HttpResponse:
     query = request.GET.copy()
     query.pop("page", None)
     context = {"project": project, "form": form, "page": page, "query": query.urlencode()}
-    return render(request, _partial(request, "annotate/case_list.html", "cases"), context)
+    return render(request, page_or_partial(request, "annotate/case_list.html", "cases"), context)
 
 
 @curator_required
 @require_http_methods(["GET", "POST"])
-def case_upload(request: HttpRequest, slug: str) -> HttpResponse:
+def case_upload(request: HtmxHttpRequest, slug: str) -> HttpResponse:
     project = get_object_or_404(Project, slug=slug)
     form = CaseUploadForm(request.POST or None, request.FILES or None)
     errors: list[str] = []

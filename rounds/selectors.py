@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.db.models import Prefetch, QuerySet
+from django.http import Http404
+from django.shortcuts import get_object_or_404
 
 from annotate.models import Case, Choice, Judgment, Project, Split
 from rounds import winrate
@@ -263,3 +265,19 @@ def generation_api_payload(generation: GenerationRequest) -> dict[str, Any]:
         "started_at": generation.started_at,
         "finished_at": generation.finished_at,
     }
+
+
+def generation_for_page(*, generation_id: int) -> GenerationRequest:
+    """One generation request with what its page names, or Http404."""
+    return get_object_or_404(
+        GenerationRequest.objects.select_related("project", "adapter_job", "created_by"),
+        pk=generation_id,
+    )
+
+
+def round_for_page(*, round_id: int) -> Round:
+    """One round with its project, job and generation, or Http404."""
+    found = Round.objects.select_related("project", "job", "generation").filter(pk=round_id).first()
+    if found is None:
+        raise Http404(f"No round {round_id}.")
+    return found

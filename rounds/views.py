@@ -6,16 +6,17 @@ fragment are one template (``{% partialdef live %}``); htmx polls it while the r
 """
 
 from django.contrib import messages
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django.views.decorators.vary import vary_on_headers
 
 from accounts.roles import curator_required
 from annotate.models import Project
+from core.http import HtmxHttpRequest, page_or_partial
 from rounds import selectors, services
 from rounds.forms import GenerationForm
-from rounds.models import GenerationRequest, Round
+from rounds.models import GenerationRequest
 from training.dispatch import BrokerUnavailable
 
 
@@ -23,9 +24,9 @@ def _project(slug: str) -> Project:
     return get_object_or_404(Project, slug=slug)
 
 
-@require_GET
 @curator_required
-def project_rounds(request: HttpRequest, slug: str) -> HttpResponse:
+@require_GET
+def project_rounds(request: HtmxHttpRequest, slug: str) -> HttpResponse:
     project = _project(slug)
     context = {
         "project": project,
@@ -36,9 +37,9 @@ def project_rounds(request: HttpRequest, slug: str) -> HttpResponse:
     return render(request, "rounds/project_rounds.html", context)
 
 
-@require_POST
 @curator_required
-def round_next(request: HttpRequest, slug: str) -> HttpResponse:
+@require_POST
+def round_next(request: HtmxHttpRequest, slug: str) -> HttpResponse:
     project = _project(slug)
     job_id = request.POST.get("job", "")
     ready = selectors.jobs_ready_for_round(project=project)
@@ -61,9 +62,9 @@ def round_next(request: HttpRequest, slug: str) -> HttpResponse:
     return redirect("rounds:round_detail", round_id=new_round.pk)
 
 
-@require_http_methods(["GET", "POST"])
 @curator_required
-def generation_launch(request: HttpRequest, slug: str) -> HttpResponse:
+@require_http_methods(["GET", "POST"])
+def generation_launch(request: HtmxHttpRequest, slug: str) -> HttpResponse:
     project = _project(slug)
     jobs = selectors.succeeded_jobs(project=project)
     initial = {}
@@ -115,23 +116,18 @@ def _selection(data: dict) -> dict:
     return {"kind": scope}
 
 
+@curator_required
 @require_GET
-@curator_required
 @vary_on_headers("HX-Request")
-def generation_detail(request: HttpRequest, generation_id: int) -> HttpResponse:
-    generation = get_object_or_404(
-        GenerationRequest.objects.select_related("project", "adapter_job", "created_by"),
-        pk=generation_id,
-    )
-    template = "rounds/generation_detail.html"
-    return render(
-        request, f"{template}#live" if request.htmx else template, {"generation": generation}
-    )
+def generation_detail(request: HtmxHttpRequest, generation_id: int) -> HttpResponse:
+    generation = selectors.generation_for_page(generation_id=generation_id)
+    template = page_or_partial(request, "rounds/generation_detail.html", "live")
+    return render(request, template, {"generation": generation})
 
 
-@require_POST
 @curator_required
-def generation_cancel(request: HttpRequest, generation_id: int) -> HttpResponse:
+@require_POST
+def generation_cancel(request: HtmxHttpRequest, generation_id: int) -> HttpResponse:
     generation = get_object_or_404(GenerationRequest, pk=generation_id)
     try:
         services.generation_cancel(generation=generation, actor=request.user)
@@ -142,21 +138,13 @@ def generation_cancel(request: HttpRequest, generation_id: int) -> HttpResponse:
     return redirect("rounds:generation_detail", generation_id=generation.pk)
 
 
-def _round(round_id: int) -> Round:
-    current = Round.objects.select_related("project", "job", "generation").filter(pk=round_id)
-    found = current.first()
-    if found is None:
-        raise Http404(f"No round {round_id}.")
-    return found
-
-
-@require_GET
 @curator_required
+@require_GET
 @vary_on_headers("HX-Request")
-def round_detail(request: HttpRequest, round_id: int) -> HttpResponse:
+def round_detail(request: HtmxHttpRequest, round_id: int) -> HttpResponse:
     """The round's score and answers; while its generation runs, htmx polls the ``live``
     fragment every second (as on the job page) and stops once the generation has finished."""
-    current = _round(round_id)
+    current = selectors.round_for_page(round_id=round_id)
     timeline = selectors.rounds_timeline(project=current.project)
     row = next(row for row in timeline if row.round.pk == current.pk)
     context = {
@@ -166,14 +154,13 @@ def round_detail(request: HttpRequest, round_id: int) -> HttpResponse:
         "answers": selectors.round_answers(current=current),
         "generating": current.generation is not None and not current.generation.is_finished,
     }
-    template = "rounds/round_detail.html"
-    return render(request, f"{template}#live" if request.htmx else template, context)
+    return render(request, page_or_partial(request, "rounds/round_detail.html", "live"), context)
 
 
-@require_POST
 @curator_required
-def round_requeue(request: HttpRequest, round_id: int) -> HttpResponse:
-    current = _round(round_id)
+@require_POST
+def round_requeue(request: HtmxHttpRequest, round_id: int) -> HttpResponse:
+    current = selectors.round_for_page(round_id=round_id)
     try:
         generation = services.round_requeue_failing(current=current, actor=request.user)
     except (services.GenerationRefused, BrokerUnavailable) as refused:

@@ -6,12 +6,13 @@ trigger, so polling stops by itself.
 """
 
 from django.contrib import messages
-from django.http import FileResponse, HttpRequest, HttpResponse
+from django.http import FileResponse, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django.views.decorators.vary import vary_on_headers
 
 from accounts.roles import curator_required
+from core.http import HtmxHttpRequest, page_or_partial
 from training import artifacts, charts, selectors, services
 from training.dispatch import BrokerUnavailable
 from training.forms import LaunchForm
@@ -19,7 +20,7 @@ from training.forms import LaunchForm
 
 @curator_required
 @require_http_methods(["GET", "POST"])
-def project_jobs(request: HttpRequest, slug: str) -> HttpResponse:
+def project_jobs(request: HtmxHttpRequest, slug: str) -> HttpResponse:
     project = selectors.project_for_user(slug=slug, user=request.user)
     form = LaunchForm()
     status = 200
@@ -52,20 +53,19 @@ def project_jobs(request: HttpRequest, slug: str) -> HttpResponse:
 @curator_required
 @require_GET
 @vary_on_headers("HX-Request")
-def job_detail(request: HttpRequest, job_id: int) -> HttpResponse:
+def job_detail(request: HtmxHttpRequest, job_id: int) -> HttpResponse:
     job = selectors.job_for_user(job_id=job_id, user=request.user)
     context = {
         "job": job,
         "charts": charts.job_charts(job.metrics_series),
         "report": selectors.report_view(job),
     }
-    template = "training/job_detail.html#live" if request.htmx else "training/job_detail.html"
-    return render(request, template, context)
+    return render(request, page_or_partial(request, "training/job_detail.html", "live"), context)
 
 
-@require_POST
 @curator_required
-def job_cancel(request: HttpRequest, job_id: int) -> HttpResponse:
+@require_POST
+def job_cancel(request: HtmxHttpRequest, job_id: int) -> HttpResponse:
     job = selectors.job_for_user(job_id=job_id, user=request.user)
     try:
         services.job_cancel(job=job, actor=request.user)
@@ -76,9 +76,9 @@ def job_cancel(request: HttpRequest, job_id: int) -> HttpResponse:
     return redirect("training:job_detail", job_id=job.pk)
 
 
-@require_GET
 @curator_required
-def job_download(request: HttpRequest, job_id: int) -> HttpResponse:
+@require_GET
+def job_download(request: HtmxHttpRequest, job_id: int) -> HttpResponse:
     job = selectors.job_for_user(job_id=job_id, user=request.user)
     try:
         path = artifacts.verified_artifact(job)
