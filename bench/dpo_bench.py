@@ -1,18 +1,25 @@
-"""Patchwise's DPO engine against TRL's DPOTrainer: wall time, pairs/s and peak memory.
+"""Patchwise's DPO engine against TRL's DPOTrainer: the whole process, launch to saved adapter.
 
-    python bench/dpo_bench.py                    # both scenarios, prints a table
-    python bench/dpo_bench.py --scenarios long --markdown
+    python bench/dpo_bench.py --markdown                 # both scenarios, one table
+    python bench/dpo_bench.py --scenarios long --threads 1
     python bench/dpo_bench.py --ablation DEMO_MODEL_DIR   # do retain + early stop earn their place?
 
 Same random-init Llama (hidden 512, 6 layers, Llama's 32000-token vocabulary, word-level so
 one word is one token), same 64 pairs, LoRA r16 on q,k,v,o,gate,up,down, batch 8, one epoch,
-sigmoid DPO, fp32, for two shapes of pair: "long" (256-token prompts, 48-token answers) and
-"balanced" (64/64). Each run is its own subprocess, so its peak RSS (VmHWM from /proc) is its
-own. Model loading is excluded. "Training" is TRL's ``trainer.train()`` (its reference forward
-runs inside every step) against the engine's reference pass plus its loop (fresh reference
-cache); "whole call" adds the engine's final log-prob pass for the report and saving the
-adapter. TRL runs with gradient checkpointing off (its default is on, which is slower), so both
-do the same work per step.
+sigmoid DPO, lr 1e-4, fp32, no eval prompts, for two shapes of pair: "long" (256-token prompts,
+48-token answers) and "balanced" (64/64).
+
+Each run is what a user waits for: a fresh process, timed from its launch to its exit, with
+the adapter written. The engine is its CLI (``python -m training.engine train ...``, which also
+writes report.json with every pair's log-probs after training); TRL is a script of this file
+that imports TRL, loads the model, builds a DPOTrainer, trains and saves the adapter, run in two
+settings: ``precompute_ref_log_probs=True`` (its fastest for this job: the reference pass runs
+once before training, the setting the speed-up is measured against) and its default (the
+reference forward inside every step; the old column). TRL runs with gradient checkpointing off
+(its default is on, which is slower). Every run gets the same thread count (``--threads``;
+default: whatever torch picks, the same for all). Besides wall time each row gives the
+process's CPU time (user + system, from wait4), which a busy machine inflates less than wall
+time, its peak RSS, and its own phase timings.
 """
 
 from __future__ import annotations
@@ -30,9 +37,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from anywhere
 SCENARIOS = {"long": (256, 48), "balanced": (64, 64)}
-PAIRS, BATCH, RANK = 64, 8, 16
+PAIRS, BATCH, RANK, LR = 64, 8, 16, 1e-4
 SPECIALS = 4  # <s> </s> <pad> <unk>
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+# system -> (label, setting); the speed-up column is against TRL_BEST
+SYSTEMS = {
+    "trl-precompute": ("TRL DPOTrainer", "precompute_ref_log_probs=True"),
+    "trl": ("TRL DPOTrainer", "reference forward in every step (TRL's default)"),
+    "engine": ("patchwise engine", "CLI, report.json included"),
+}
+TRL_BEST = "trl-precompute"
 
 
 def build_model(
@@ -90,120 +104,144 @@ def make_pairs(
     ]
 
 
-def peak_rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+def engine_command(model_dir: Path, pairs_file: Path, out_dir: Path) -> list[str]:
+    return [
+        sys.executable, "-m", "training.engine", "train", "--model", str(model_dir),
+        "--pairs", str(pairs_file), "--out", str(out_dir), "--epochs", "1",
+        "--batch-size", str(BATCH), "--lora-r", str(RANK), "--lr", str(LR),
+        "--sft-weight", "0", "--retain-weight", "0", "--seed", "0",
+    ]  # fmt: skip
 
 
-def run_engine(model_dir: Path, pairs: list[dict], work: Path) -> dict:
-    from training.engine import TrainConfig, load_base, train
-
-    base = load_base(model_dir)
-    config = TrainConfig(
-        model=str(model_dir), epochs=1, batch_size=BATCH, lora_r=RANK,
-        lr=1e-4, sft_weight=0.0, retain_weight=0.0, ref_cache_dir=str(work / "cache"),
-    )  # fmt: skip
-    loaded_rss = peak_rss_mb()
+def trl_child(args: argparse.Namespace) -> None:
+    """What a TRL user runs: import, load, build the trainer, train, save the adapter."""
+    marks = {}
     started = time.perf_counter()
-    result = train(config, pairs=pairs, out_dir=work / "out", base=base)
-    wall = time.perf_counter() - started
-    timings = result.report["timings"]
-    return {
-        "wall_s": wall,
-        "loop_s": timings["reference_s"] + timings["train_s"],
-        "loaded_rss_mb": loaded_rss,
-        "steps": result.report["training"]["steps"],
-    }
-
-
-def run_trl(model_dir: Path, pairs: list[dict], work: Path) -> dict:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
+    marks["import_s"] = time.perf_counter() - started
     torch.manual_seed(0)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    args = DPOConfig(
-        output_dir=str(work / "trl"), per_device_train_batch_size=BATCH, num_train_epochs=1,
-        learning_rate=1e-4, beta=0.1, loss_type=["sigmoid"], max_length=1024,
+    pairs = [json.loads(line) for line in Path(args.pairs).read_text().splitlines() if line]
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+    config = DPOConfig(
+        output_dir=str(Path(args.out) / "checkpoints"), per_device_train_batch_size=BATCH,
+        num_train_epochs=1, learning_rate=LR, beta=0.1, loss_type=["sigmoid"], max_length=1024,
         gradient_checkpointing=False, bf16=False, use_cpu=True, report_to=[],
         save_strategy="no", logging_steps=1, dataloader_num_workers=0, seed=0,
-        disable_tqdm=True,
+        disable_tqdm=True, precompute_ref_log_probs=args.child == "trl-precompute",
     )  # fmt: skip
     lora = LoraConfig(r=RANK, lora_alpha=2 * RANK, target_modules=TARGETS, task_type="CAUSAL_LM")
+    phase = time.perf_counter()
     trainer = DPOTrainer(
-        model=model, args=args, train_dataset=Dataset.from_list(pairs),
+        model=model, args=config, train_dataset=Dataset.from_list(pairs),
         processing_class=tokenizer, peft_config=lora,
     )  # fmt: skip
-    loaded_rss = peak_rss_mb()
-    started = time.perf_counter()
-    output = trainer.train()
-    wall = time.perf_counter() - started
-    steps = output.global_step
-    return {"wall_s": wall, "loop_s": wall, "loaded_rss_mb": loaded_rss, "steps": steps}
+    marks["setup_s"] = time.perf_counter() - phase  # tokenizing, and the precomputed reference
+    phase = time.perf_counter()
+    trainer.train()
+    marks["train_s"] = time.perf_counter() - phase
+    trainer.save_model(args.out)
+    print("RESULT " + json.dumps({name: round(value, 2) for name, value in marks.items()}))
 
 
-def child(args: argparse.Namespace) -> None:
-    import warnings
+def run_process(command: list[str], env: dict[str, str], logs: Path) -> tuple[dict, str, str]:
+    """Run one whole process; wall time from launch to exit, and its own CPU time and peak RSS
+    (wait4's rusage, so nothing else on the machine is counted)."""
+    logs.mkdir(parents=True, exist_ok=True)
+    with (logs / "stdout").open("w") as out, (logs / "stderr").open("w") as err:
+        started = time.perf_counter()
+        process = subprocess.Popen(command, stdout=out, stderr=err, env=env, cwd=REPO)
+        _, status, usage = os.wait4(process.pid, 0)
+        wall = time.perf_counter() - started
+    process.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
+    measured = {
+        "wall_s": wall,
+        "cpu_s": usage.ru_utime + usage.ru_stime,
+        "peak_rss_mb": usage.ru_maxrss / 1024,
+        "returncode": process.returncode,
+    }
+    return measured, (logs / "stdout").read_text(), (logs / "stderr").read_text()
 
-    import transformers
 
-    warnings.filterwarnings("ignore")
-    transformers.logging.set_verbosity_error()
-    pairs = make_pairs(*SCENARIOS[args.scenario], vocab_size=args.vocab)
-    with tempfile.TemporaryDirectory() as work:
-        runner = run_engine if args.child == "engine" else run_trl
-        result = runner(Path(args.model), pairs, Path(work))
-    result["peak_rss_mb"] = peak_rss_mb()
-    print("RESULT " + json.dumps(result), flush=True)
+def run_system(system: str, model_dir: Path, pairs_file: Path, work: Path, env: dict) -> dict:
+    out_dir = work / f"out-{system}"
+    if system == "engine":
+        command = engine_command(model_dir, pairs_file, out_dir)
+        env = {**env, "PATCHWISE_CACHE_DIR": str(work / "engine-cache")}  # a fresh reference
+    else:
+        command = [
+            sys.executable, __file__, "--child", system, "--model", str(model_dir),
+            "--pairs", str(pairs_file), "--out", str(out_dir),
+        ]  # fmt: skip
+        env = {**env, "HF_DATASETS_CACHE": str(work / f"datasets-{system}")}
+    measured, stdout, stderr = run_process(command, env, work / f"logs-{system}")
+    if measured["returncode"] != 0:
+        sys.exit(f"{system} failed:\n{stderr[-3000:]}")
+    if not (out_dir / "adapter_model.safetensors").is_file():
+        sys.exit(f"{system} wrote no adapter in {out_dir}")
+    if system == "engine":
+        timings = json.loads((out_dir / "report.json").read_text())["timings"]
+        phases = {name: round(value, 1) for name, value in timings.items() if value >= 0.05}
+    else:
+        lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
+        phases = json.loads(lines[-1][len("RESULT ") :])
+    return {**measured, "phases": phases}
 
 
 def parent(args: argparse.Namespace) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false"}
+    if args.threads:
+        env["OMP_NUM_THREADS"] = str(args.threads)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = Path(tmp) / "model"
+        work = Path(tmp)
+        model_dir = work / "model"
         build_model(model_dir, hidden=args.hidden, layers=args.layers, vocab_size=args.vocab)
         for scenario in args.scenarios:
-            for system in ("trl", "engine"):
-                command = [
-                    sys.executable, __file__, "--child", system, "--scenario", scenario,
-                    "--model", str(model_dir), "--vocab", str(args.vocab),
-                ]  # fmt: skip
-                env = {**os.environ, "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false"}
-                done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO)
-                lines = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")]
-                if done.returncode != 0 or not lines:
-                    sys.exit(f"{system}/{scenario} failed:\n{done.stderr[-3000:]}")
-                result = json.loads(lines[-1][len("RESULT ") :])
+            pairs_file = work / f"{scenario}.jsonl"
+            pairs = make_pairs(*SCENARIOS[scenario], vocab_size=args.vocab)
+            pairs_file.write_text("".join(json.dumps(pair) + "\n" for pair in pairs))
+            for system in args.systems:
+                result = run_system(system, model_dir, pairs_file, work / scenario, env)
                 rows.append({"scenario": scenario, "system": system, **result})
                 print(f"# {scenario} {system}: {result}", file=sys.stderr, flush=True)
+    threads = args.threads or "torch's default"
+    print(f"threads per process: {threads}; load average after: {os.getloadavg()[0]:.1f}")
     print_table(rows, markdown=args.markdown)
 
 
 def print_table(rows: list[dict], *, markdown: bool) -> None:
-    """Training time is the reference pass plus the loop (TRL: its train() call, which does
-    both); "whole call" adds the engine's final log-prob pass for the report and the save."""
+    """Whole process per row; the speed-up is TRL's (precomputed reference) time over the row's.
+    The phases are the process's own timings; "rest" is the remainder of its wall time: imports,
+    loading the model, tokenizing, saving, exiting."""
     header = [
-        "scenario", "system", "training s", "pairs/s", "speed-up", "whole call s", "peak RSS MiB",
+        "scenario", "system", "setting", "whole process s", "speed-up", "CPU s",
+        "peak RSS MiB", "phases s",
     ]  # fmt: skip
     lines = []
     for row in rows:
-        trl = next(r for r in rows if r["scenario"] == row["scenario"] and r["system"] == "trl")
+        best = next(
+            (r for r in rows if r["scenario"] == row["scenario"] and r["system"] == TRL_BEST),
+            None,
+        )
         prompt_tokens, answer_tokens = SCENARIOS[row["scenario"]]
+        label, setting = SYSTEMS[row["system"]]
+        phases = {**row["phases"], "rest": row["wall_s"] - sum(row["phases"].values())}
         lines.append(
             [
                 f"{row['scenario']} {prompt_tokens}/{answer_tokens}",
-                "TRL DPOTrainer" if row["system"] == "trl" else "patchwise engine",
-                f"{row['loop_s']:.1f}",
-                f"{PAIRS / row['loop_s']:.2f}",
-                f"{trl['loop_s'] / row['loop_s']:.2f}x",
+                label,
+                setting,
                 f"{row['wall_s']:.1f}",
+                f"{best['wall_s'] / row['wall_s']:.2f}x" if best else "-",
+                f"{row['cpu_s']:.1f}",
                 f"{row['peak_rss_mb']:.0f}",
+                ", ".join(f"{key.removesuffix('_s')} {value:.1f}" for key, value in phases.items()),
             ]
         )
     print_rows(header, lines, markdown=markdown)
@@ -288,14 +326,22 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=6)
     parser.add_argument("--vocab", type=int, default=32000, help="vocabulary size of the model")
     parser.add_argument("--ablation", type=Path, metavar="DEMO_MODEL_DIR", help="demo ablation")
-    parser.add_argument("--child", choices=["engine", "trl"], help=argparse.SUPPRESS)
-    parser.add_argument("--scenario", choices=list(SCENARIOS), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--systems", nargs="+", choices=list(SYSTEMS), default=list(SYSTEMS),
+        help="which runs (default: all three)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--threads", type=int, help="OMP_NUM_THREADS for every run (default: torch's own choice)"
+    )
+    parser.add_argument("--child", choices=["trl", "trl-precompute"], help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
+    parser.add_argument("--pairs", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.ablation:
         ablation(args.ablation, markdown=args.markdown)
     elif args.child:
-        child(args)
+        trl_child(args)
     else:
         parent(args)
 
