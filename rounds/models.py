@@ -11,6 +11,8 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
+from training.liveness import ShownStatus, generation_stopped_error
+
 
 class GenerationStatus(models.TextChoices):
     QUEUED = "queued", "Queued"
@@ -32,7 +34,7 @@ class Purpose(models.TextChoices):
     ROUND = "round", "answers of a patch round"
 
 
-class GenerationRequest(models.Model):
+class GenerationRequest(ShownStatus, models.Model):
     project = models.ForeignKey(
         "annotate.Project", on_delete=models.CASCADE, related_name="generation_requests"
     )
@@ -104,27 +106,13 @@ class GenerationRequest(models.Model):
     def __str__(self) -> str:
         return f"generation {self.pk} ({self.status})"
 
+    # The reaper's words when its worker is gone.
+    stopped_error = staticmethod(generation_stopped_error)
+    terse_causes = True
+
     @property
     def is_finished(self) -> bool:
         return self.status in FINISHED_STATUSES
-
-    @property
-    def lost_error(self) -> str:
-        """Running, but its heartbeat is older than the stale limit: the reaper's reason (it
-        will fail the request with it), shown before any reaper ran; "" otherwise."""
-        from training.liveness import generation_stopped_error, lost_error
-
-        return lost_error(self, stopped_error=generation_stopped_error, long=False)
-
-    @property
-    def shown_status(self) -> str:
-        from training.liveness import LOST
-
-        return LOST if self.lost_error else self.status
-
-    @property
-    def shown_status_label(self) -> str:
-        return "Lost" if self.lost_error else self.get_status_display()
 
     @property
     def progress_percent(self) -> int:

@@ -29,29 +29,7 @@ def batches(cases: list[Case], n: int) -> list[list[Case]]:
 
 def run_claimed_generation(generation: GenerationRequest) -> str:
     """Sample, store and record one request this worker has claimed; returns its final status."""
-    from training.engine import Cancelled, EngineError
-
-    heartbeat = lifecycle.beating(services.GENERATIONS, generation.pk)
-    try:
-        return _run(generation)
-    except Cancelled:
-        services.generation_mark_cancelled(generation_id=generation.pk)
-        return "cancelled"
-    except EngineError as error:
-        services.generation_fail(generation_id=generation.pk, error=str(error))
-        return "failed"
-    except Exception as error:
-        logger.exception("generation %s failed", generation.pk)
-        services.generation_fail(
-            generation_id=generation.pk,
-            error=(
-                f"Generation stopped on an unexpected error ({type(error).__name__}: {error}). "
-                "The worker's log has the details."
-            ),
-        )
-        return "failed"
-    finally:
-        heartbeat.stop()
+    return lifecycle.run_to_end(services.GENERATIONS, generation.pk, lambda: _run(generation))
 
 
 def _run(generation: GenerationRequest) -> str:

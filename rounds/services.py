@@ -39,7 +39,7 @@ from rounds.models import (
     RoundAnswer,
 )
 from training import lifecycle
-from training.dispatch import publish, require_broker
+from training.dispatch import require_broker
 from training.engine.config import MAX_SEED, SEED_RULE
 from training.liveness import generation_stopped_error
 
@@ -218,13 +218,7 @@ def generation_create(
 
 
 def _send_to_worker(generation_id: int) -> None:
-    """Publish the request's task; a broker that does not answer fails it (BrokerUnavailable)."""
-    publish(
-        RUN_GENERATION_TASK,
-        generation_id,
-        what=f"Generation {generation_id}",
-        fail=lambda message: generation_fail(generation_id=generation_id, error=message),
-    )
+    lifecycle.send_to_worker(GENERATIONS, generation_id)
 
 
 # ---------------------------------------------------------------------------------- running
@@ -235,7 +229,13 @@ GENERATIONS = lifecycle.Kind(
     action="generation",
     related=("project", "adapter_job"),
     claimed_progress={"phase": "loading", "step": 0, "total": 0},
+    label="Generation",
+    task=RUN_GENERATION_TASK,
     stopped_error=generation_stopped_error,
+    unexpected_error=lambda error: (
+        f"Generation stopped on an unexpected error ({type(error).__name__}: {error}). "
+        "The worker's log has the details."
+    ),
     terse=True,
 )
 

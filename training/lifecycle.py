@@ -34,6 +34,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from accounts.services import audit_record
+from training import dispatch
 from training.liveness import silent_worker, stale_after_seconds
 
 logger = logging.getLogger(__name__)
@@ -59,7 +60,10 @@ class Kind:
 
     model: type[models.Model]
     action: str
+    label: str  # how messages name a row: "Job 12", "Generation 3"
+    task: str  # the Celery task that runs a row, by name (config/celery.py routes it)
     stopped_error: Callable[[str], str]
+    unexpected_error: Callable[[BaseException], str]
     related: tuple[str, ...] = ()
     claimed_progress: dict[str, Any] = field(default_factory=dict)
     terse: bool = False
@@ -110,6 +114,17 @@ def ended(row: models.Model, phase: str) -> dict[str, Any]:
     if "eta_seconds" in progress:
         progress["eta_seconds"] = None
     return {"finished_at": timezone.now(), "progress": progress}
+
+
+def send_to_worker(kind: Kind, pk: int) -> None:
+    """Publish the row's task (after its transaction commits); a broker that does not answer
+    fails the row and raises BrokerUnavailable (training.dispatch)."""
+    dispatch.publish(
+        kind.task,
+        pk,
+        what=f"{kind.label} {pk}",
+        fail=lambda message: fail(kind, pk=pk, error=message),
+    )
 
 
 def claim(kind: Kind, *, pk: int, worker_name: str) -> Any | None:
@@ -277,6 +292,30 @@ def beating(kind: Kind, pk: int) -> Heartbeat:
     )
     thread.start()
     return thread
+
+
+def run_to_end(kind: Kind, pk: int, work: Callable[[], str]) -> str:
+    """Run ``work`` (a claimed row's work; it records success and returns the final status)
+    under a heartbeat, and end the row however the work stops: ``Cancelled`` ends it cancelled,
+    an ``EngineError`` fails it with its one-line message, anything else fails it naming the
+    error (the worker's log has the traceback). Returns the final status."""
+    from training.engine import Cancelled, EngineError
+
+    thread = beating(kind, pk)
+    try:
+        return work()
+    except Cancelled:
+        mark_cancelled(kind, pk=pk)
+        return CANCELLED
+    except EngineError as error:
+        fail(kind, pk=pk, error=str(error))
+        return FAILED
+    except Exception as error:
+        logger.exception("%s %s failed", kind.label, pk)
+        fail(kind, pk=pk, error=kind.unexpected_error(error))
+        return FAILED
+    finally:
+        thread.stop()
 
 
 class CancelCheck:

@@ -60,3 +60,29 @@ def lost_error(row: Any, *, stopped_error, long: bool = True) -> str:
     if row.heartbeat_at is not None and row.heartbeat_at >= cutoff:
         return ""
     return stopped_error(silent_worker(row.worker_name, threshold, long=long))
+
+
+class ShownStatus:
+    """For the model of a worker row (a training job, a generation request): its status as
+    pages and the API show it, "lost" for a running row whose worker died. The model sets
+    ``stopped_error`` (staticmethod) and, for the short list of causes, ``terse_causes``."""
+
+    terse_causes = False
+
+    @staticmethod
+    def stopped_error(reason: str) -> str:
+        raise NotImplementedError
+
+    @property
+    def lost_error(self) -> str:
+        """Running, but its heartbeat is older than the stale limit: the reaper's reason (it
+        will fail the row with it), shown before any reaper ran; "" otherwise."""
+        return lost_error(self, stopped_error=self.stopped_error, long=not self.terse_causes)
+
+    @property
+    def shown_status(self) -> str:
+        return LOST if self.lost_error else self.status
+
+    @property
+    def shown_status_label(self) -> str:
+        return "Lost" if self.lost_error else self.get_status_display()

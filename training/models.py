@@ -7,6 +7,8 @@ row); this module only says what a job holds.
 from django.conf import settings
 from django.db import models
 
+from training.liveness import ShownStatus, job_stopped_error
+
 
 class JobStatus(models.TextChoices):
     QUEUED = "queued", "Queued"
@@ -19,7 +21,7 @@ class JobStatus(models.TextChoices):
 FINISHED_STATUSES = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
 
 
-class TrainingJob(models.Model):
+class TrainingJob(ShownStatus, models.Model):
     project = models.ForeignKey(
         "annotate.Project", on_delete=models.CASCADE, related_name="training_jobs"
     )
@@ -72,28 +74,12 @@ class TrainingJob(models.Model):
     def __str__(self) -> str:
         return f"job {self.pk} ({self.status})"
 
+    # The reaper's words when its worker is gone.
+    stopped_error = staticmethod(job_stopped_error)
+
     @property
     def is_finished(self) -> bool:
         return self.status in FINISHED_STATUSES
-
-    @property
-    def lost_error(self) -> str:
-        """Running, but its heartbeat is older than the stale limit: the reaper's reason (it
-        will fail the job with it), shown before any reaper ran; "" otherwise."""
-        from training.liveness import job_stopped_error, lost_error
-
-        return lost_error(self, stopped_error=job_stopped_error)
-
-    @property
-    def shown_status(self) -> str:
-        """The status as pages and the API show it: "lost" for a running job whose worker died."""
-        from training.liveness import LOST
-
-        return LOST if self.lost_error else self.status
-
-    @property
-    def shown_status_label(self) -> str:
-        return "Lost" if self.lost_error else self.get_status_display()
 
     @property
     def duration_seconds(self) -> float | None:

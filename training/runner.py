@@ -112,68 +112,53 @@ class Progress:
 
 def run_claimed_job(job: TrainingJob) -> str:
     """Train, save and record one job this worker has claimed; returns its final status."""
-    from training.engine import Cancelled, EngineError, TrainConfig, train
-
-    heartbeat = lifecycle.beating(services.JOBS, job.pk)
-    progress = Progress(job.pk)
     staging = artifacts.job_dir(job.pk) / f".staging-{uuid.uuid4().hex}"
     try:
-        progress.write(force=True)
-        # Keys the worker acts on (how many GPUs) are not the engine's.
-        config = TrainConfig.from_dict(
-            {k: v for k, v in job.config.items() if k not in services.WORKER_KEYS}
-        )
-        base, from_memory = model_cache.get_base(job.base_model, quantize=config.quantize)
-        logger.info("job %s: base model %s", job.pk, "from memory" if from_memory else "loaded")
-        staging.parent.mkdir(parents=True, exist_ok=True)
-        train(
-            config,
-            pairs=job.data_snapshot["pairs"],
-            eval_items=job.data_snapshot.get("eval") or None,
-            out_dir=staging,
-            base=base,
-            on_progress=progress.on_progress,
-            should_cancel=progress.should_cancel,
-        )
-        progress.write(force=True)
-        report = json.loads((staging / "report.json").read_text())
-        report["files_sha256"] = artifacts.adapter_file_hashes(staging)
-        series = _series_from_metrics_file(staging / "metrics.json") or progress.series
-        last_values = {key: values[-1] for key, values in _last_values(series).items()}
-        latest = {**progress.latest, **last_values}
-        artifact_path, sha256 = artifacts.write_adapter_zip(
-            job=job, adapter_dir=staging, report=report, metrics=latest
-        )
-        artifacts.keep_adapter_folder(job_id=job.pk, staging=staging)
-        services.job_succeed(
-            job_id=job.pk,
-            report=report,
-            metrics_series=series,
-            latest_metrics=latest,
-            artifact_path=artifact_path,
-            artifact_sha256=sha256,
-        )
-        return "succeeded"
-    except Cancelled:
-        services.job_mark_cancelled(job_id=job.pk)
-        return "cancelled"
-    except EngineError as error:
-        services.job_fail(job_id=job.pk, error=str(error))
-        return "failed"
-    except Exception as error:
-        logger.exception("job %s failed", job.pk)
-        services.job_fail(
-            job_id=job.pk,
-            error=(
-                f"Training stopped on an unexpected error ({type(error).__name__}: {error}). "
-                "The worker's log has the details; launching again with the same data will "
-                "likely fail the same way."
-            ),
-        )
-        return "failed"
+        return lifecycle.run_to_end(services.JOBS, job.pk, lambda: _train(job, staging))
     finally:
-        heartbeat.stop()
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _train(job: TrainingJob, staging: Path) -> str:
+    from training.engine import TrainConfig, train
+
+    progress = Progress(job.pk)
+    progress.write(force=True)
+    # Keys the worker acts on (how many GPUs) are not the engine's.
+    config = TrainConfig.from_dict(
+        {k: v for k, v in job.config.items() if k not in services.WORKER_KEYS}
+    )
+    base, from_memory = model_cache.get_base(job.base_model, quantize=config.quantize)
+    logger.info("job %s: base model %s", job.pk, "from memory" if from_memory else "loaded")
+    staging.parent.mkdir(parents=True, exist_ok=True)
+    train(
+        config,
+        pairs=job.data_snapshot["pairs"],
+        eval_items=job.data_snapshot.get("eval") or None,
+        out_dir=staging,
+        base=base,
+        on_progress=progress.on_progress,
+        should_cancel=progress.should_cancel,
+    )
+    progress.write(force=True)
+    report = json.loads((staging / "report.json").read_text())
+    report["files_sha256"] = artifacts.adapter_file_hashes(staging)
+    series = _series_from_metrics_file(staging / "metrics.json") or progress.series
+    last_values = {key: values[-1] for key, values in _last_values(series).items()}
+    latest = {**progress.latest, **last_values}
+    artifact_path, sha256 = artifacts.write_adapter_zip(
+        job=job, adapter_dir=staging, report=report, metrics=latest
+    )
+    artifacts.keep_adapter_folder(job_id=job.pk, staging=staging)
+    services.job_succeed(
+        job_id=job.pk,
+        report=report,
+        metrics_series=series,
+        latest_metrics=latest,
+        artifact_path=artifact_path,
+        artifact_sha256=sha256,
+    )
+    return "succeeded"
 
 
 def _series_from_metrics_file(path: Path) -> list[dict[str, Any]]:

@@ -24,7 +24,6 @@ from accounts.roles import require_curator
 from accounts.services import audit_record
 from core.text import storable
 from training import lifecycle
-from training.dispatch import publish
 from training.liveness import job_stopped_error
 from training.models import JobStatus, TrainingJob
 from training.paths import PathRefused, check_allowed_path, check_path_text
@@ -218,13 +217,7 @@ def job_enqueue(
 
 
 def _send_to_worker(job_id: int) -> None:
-    """Publish the job's task; a broker that does not answer fails the job (BrokerUnavailable)."""
-    publish(
-        RUN_JOB_TASK,
-        job_id,
-        what=f"Job {job_id}",
-        fail=lambda message: job_fail(job_id=job_id, error=message),
-    )
+    lifecycle.send_to_worker(JOBS, job_id)
 
 
 # ---------------------------------------------------------------------------------- running
@@ -235,7 +228,14 @@ JOBS = lifecycle.Kind(
     action="job",
     related=("project",),
     claimed_progress={"phase": "starting", "step": 0, "total": 0, "eta_seconds": None},
+    label="Job",
+    task=RUN_JOB_TASK,
     stopped_error=job_stopped_error,
+    unexpected_error=lambda error: (
+        f"Training stopped on an unexpected error ({type(error).__name__}: {error}). "
+        "The worker's log has the details; launching again with the same data will "
+        "likely fail the same way."
+    ),
 )
 
 
