@@ -211,6 +211,13 @@ if not 0 < PATCHWISE_LIGHT_TASK_SOFT_SECONDS < PATCHWISE_LIGHT_TASK_HARD_SECONDS
 # GPUs a gpu worker may give one job (its node's GPUs; one worker per node). A job whose
 # config asks for more ("gpus") is refused at launch; one above 1 trains under torchrun.
 PATCHWISE_WORKER_GPUS = int(os.environ.get("PATCHWISE_WORKER_GPUS", "1"))
+# Memory of one gpu worker's GPU, in GiB (unset: unknown). The launch form and the API check a
+# job's memory plan against it before the job is queued; the worker checks its own device again.
+PATCHWISE_WORKER_GPU_MEMORY_GIB = (
+    float(os.environ["PATCHWISE_WORKER_GPU_MEMORY_GIB"])
+    if os.environ.get("PATCHWISE_WORKER_GPU_MEMORY_GIB")
+    else None
+)
 
 ARTIFACT_ROOT = Path(os.environ.get("ARTIFACT_ROOT", VAR_DIR / "artifacts"))
 PATCHWISE_BASE_MODEL = os.environ.get("PATCHWISE_BASE_MODEL", str(VAR_DIR / "demo-model"))

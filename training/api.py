@@ -21,6 +21,7 @@ class LaunchIn(Schema):
 
 class LaunchOut(Schema):
     id: int
+    memory_plan: dict | None = None  # the engine's plan for the worker's GPU (see memory.py)
 
 
 class Detail(Schema):
@@ -43,7 +44,7 @@ def launch_job(request: HttpRequest, slug: str, payload: LaunchIn | None = None)
         return 400, {"detail": str(refused)}
     except BrokerUnavailable as down:
         return 503, {"detail": str(down)}
-    return 202, {"id": job.pk}
+    return 202, {"id": job.pk, "memory_plan": job.progress.get("memory_plan")}
 
 
 @router.get("/jobs/{job_id}", response={200: dict, 403: Detail, 404: Detail})

@@ -123,6 +123,7 @@ def _train(job: TrainingJob, staging: Path) -> str:
     from training.engine import TrainConfig, train
 
     progress = Progress(job.pk)
+    progress.memory_plan = job.progress.get("memory_plan")  # the launch's, until the engine's
     progress.write(force=True)
     # Keys the worker acts on (how many GPUs) are not the engine's.
     config = TrainConfig.from_dict(

@@ -37,6 +37,7 @@ class LaunchPreview:
     eval_by_kind: dict[str, int]
     judged_without_pair: int  # judged comparisons whose vote gives no pair (tie, both bad, split)
     not_judged: int  # train comparisons nobody has judged yet
+    memory: str = ""  # "needs about N GiB on the worker's GPU: fits (...)", or why it cannot
 
     @property
     def eval_prompts(self) -> int:
@@ -47,21 +48,31 @@ def launch_preview(*, project: Any) -> LaunchPreview:
     """Counted with the functions job_enqueue snapshots with, so the numbers are the job's."""
     from annotate.models import Comparison, Judgment, Split
     from annotate.selectors import eval_prompts, preference_pairs
+    from training.engine.errors import EngineError
+    from training.memory_plan import launch_plan, plan_line
 
     pairs = 0
     with_pairs: set[int] = set()
+    snapshot = []
     for pair in preference_pairs(project=project):
         pairs += 1
         with_pairs.add(pair["comparison_id"])
+        snapshot.append(pair)
     train = Comparison.objects.filter(project=project, case__split=Split.TRAIN)
     judged = set(
         Judgment.objects.filter(comparison__in=train).values_list("comparison_id", flat=True)
     )
     not_judged = train.exclude(pk__in=judged).filter(label="").count()
     kinds: dict[str, int] = {"flagged": 0, "heldout": 0, "regression": 0}
-    for item in eval_prompts(project=project):
+    eval_items = list(eval_prompts(project=project))
+    for item in eval_items:
         kinds[item["kind"]] = kinds.get(item["kind"], 0) + 1
+    try:
+        memory = plan_line(launch_plan(config={}, pairs=snapshot, eval_items=eval_items))
+    except EngineError as error:
+        memory = str(error)
     return LaunchPreview(
+        memory=memory if snapshot else "",
         pairs=pairs,
         eval_by_kind=kinds,
         judged_without_pair=len(judged - with_pairs),
@@ -87,6 +98,11 @@ def job_for_user(*, job_id: int, user: AbstractBaseUser) -> TrainingJob:
     if job is None:
         raise Http404(f"No job {job_id}.")
     return job
+
+
+def job_memory_plan(job: TrainingJob) -> dict[str, Any] | None:
+    """The engine's memory plan: the worker's once it planned, else the launch's."""
+    return (job.report or {}).get("memory_plan") or (job.progress or {}).get("memory_plan")
 
 
 def job_api_payload(job: TrainingJob) -> dict[str, Any]:

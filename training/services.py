@@ -24,7 +24,9 @@ from accounts.roles import require_curator
 from accounts.services import audit_record
 from core.text import storable
 from training import lifecycle
+from training.engine.errors import EngineError
 from training.liveness import job_stopped_error
+from training.memory_plan import launch_plan
 from training.models import JobStatus, TrainingJob
 from training.paths import PathRefused, check_allowed_path, check_path_text
 
@@ -44,6 +46,10 @@ LAUNCH_KEYS = (
     "batch_size",
     "lora_r",
     "seed",
+    "micro_batch_size",
+    "gradient_checkpointing",
+    "quantize",
+    "max_memory",
 )
 # Config keys that are the worker's business, not the engine's: how many GPUs (one process
 # each, under torchrun) the job trains on. At most PATCHWISE_WORKER_GPUS.
@@ -190,6 +196,10 @@ def job_enqueue(
             "(or flag a case with a better answer) before patching"
         )
     eval_items = [dict(item) for item in eval_prompts(project=project)]
+    try:
+        plan = launch_plan(config=resolved, pairs=pairs, eval_items=eval_items)
+    except EngineError as error:  # not even micro-batch 1 with checkpointing fits the worker
+        raise JobRefused(str(error)) from None
 
     with transaction.atomic():
         job = TrainingJob(
@@ -202,7 +212,8 @@ def job_enqueue(
             data_sha256=snapshot_hash(pairs=pairs, eval_items=eval_items),
             pair_count=len(pairs),
             eval_count=len(eval_items),
-            progress={"phase": "queued", "step": 0, "total": 0, "eta_seconds": None},
+            progress={"phase": "queued", "step": 0, "total": 0, "eta_seconds": None}
+            | ({"memory_plan": plan.to_dict()} if plan else {}),
         )
         job.full_clean()
         job.save()

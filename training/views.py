@@ -59,6 +59,7 @@ def job_detail(request: HtmxHttpRequest, job_id: int) -> HttpResponse:
         "job": job,
         "charts": charts.job_charts(job.metrics_series),
         "report": selectors.report_view(job),
+        "memory_plan": selectors.job_memory_plan(job),
     }
     return render(request, page_or_partial(request, "training/job_detail.html", "live"), context)
 

@@ -1,6 +1,7 @@
 """Job pages and the JSON API without a worker: permissions, refusals, the report, downloads."""
 
 import hashlib
+import html
 import io
 import json
 import re
@@ -440,3 +441,57 @@ def test_held_out_is_spelt_one_way_on_the_job_page_and_the_model_card(
     card = artifacts.model_card(job=job, report=report)
     assert "- held-out: 1/1 fixed" in card and "| held-out | Ridge boots on sale? |" in card
     assert "heldout" not in card
+
+
+LLAMA_8B_CONFIG = {
+    "model_type": "llama",
+    "hidden_size": 4096,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "intermediate_size": 14336,
+    "vocab_size": 128256,
+}
+
+
+def test_the_memory_plan_is_shown_before_the_click_and_checked_at_launch(
+    curator_client, project, model_folder, settings
+):
+    """From the model's config.json alone (no weights, no GPU in the web process)."""
+    (model_folder / "config.json").write_text(json.dumps(LLAMA_8B_CONFIG))
+
+    def form_text() -> str:
+        page = curator_client.get(reverse("training:project_jobs", args=["shop"]))
+        return html.unescape(re.sub(r"\s+", " ", re.sub(r"<[^>]+>", "", page.content.decode())))
+
+    assert "this job needs about" in form_text()
+    assert "set PATCHWISE_WORKER_GPU_MEMORY_GIB to check that it fits" in form_text()
+
+    settings.PATCHWISE_WORKER_GPU_MEMORY_GIB = 24
+    assert re.search(r"this job needs about \d+\.\d GiB on the worker's GPU \(of 24\.0 GiB\): "
+                     r"fits \(micro-batch \d", form_text())  # fmt: skip
+    launched = curator_client.post(
+        "/api/v1/projects/shop/jobs", {"config": {"epochs": 2}}, content_type="application/json"
+    )
+    assert launched.status_code == 202
+    plan = launched.json()["memory_plan"]
+    assert plan["fits"] and 15 < plan["estimate_gib"] <= 24
+    assert plan["available_source"] == "the worker's GPU"
+    page = curator_client.get(reverse("training:job_detail", args=[launched.json()["id"]]))
+    assert plan["summary"] in html.unescape(page.content.decode())
+
+    settings.PATCHWISE_WORKER_GPU_MEMORY_GIB = 12  # an 8B base in bf16 needs more
+    refused = curator_client.post(
+        "/api/v1/projects/shop/jobs", {"config": {"epochs": 2}}, content_type="application/json"
+    )
+    assert refused.status_code == 400
+    detail = refused.json()["detail"]
+    assert detail.startswith("not enough memory") and "--quantize 4bit" in detail
+    assert "not enough memory" in form_text()
+    quantized = curator_client.post(
+        "/api/v1/projects/shop/jobs",
+        {"config": {"epochs": 2, "quantize": "4bit"}},
+        content_type="application/json",
+    )
+    assert quantized.status_code == 202
+    assert "4-bit base" in quantized.json()["memory_plan"]["summary"]
