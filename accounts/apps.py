@@ -21,3 +21,8 @@ class AccountsConfig(AppConfig):
         m2m_changed.connect(
             forget_token_checks, sender=User.groups.through, dispatch_uid="forget-roles"
         )
+        from django.contrib.auth.signals import user_logged_in
+
+        from accounts.middleware import remember_password_to_change
+
+        user_logged_in.connect(remember_password_to_change, dispatch_uid="one-time-password")

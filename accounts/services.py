@@ -17,11 +17,19 @@ from core import rows
 TOKEN_PREFIX = "pw_"
 
 
+# Members of this group are sent to the password change page until they have chosen their own
+# password: accounts made for someone else start with a one-time password.
+MUST_CHANGE_PASSWORD = "must-change-password"
+
+
 @transaction.atomic
-def user_create(*, username: str, role: str, password: str | None = None) -> tuple:
+def user_create(
+    *, username: str, role: str, password: str | None = None, one_time: bool = False
+) -> tuple:
     """Create a user with one role; returns (user, password) — generated when none is given.
 
-    A given password must pass AUTH_PASSWORD_VALIDATORS, as it would on Django's own forms."""
+    A given password must pass AUTH_PASSWORD_VALIDATORS, as it would on Django's own forms. With
+    ``one_time`` the password only lets the person in to choose their own."""
     if role not in ROLES:
         raise ValidationError({"role": f"role must be one of {', '.join(ROLES)}, not {role!r}"})
     User = get_user_model()
@@ -37,7 +45,20 @@ def user_create(*, username: str, role: str, password: str | None = None) -> tup
     user.set_password(password)
     user.save()
     user_set_role(user=user, role=role)
+    if one_time:
+        user.groups.add(Group.objects.get_or_create(name=MUST_CHANGE_PASSWORD)[0])
     return user, password
+
+
+def must_change_password(user: AbstractBaseUser) -> bool:
+    return user.groups.filter(name=MUST_CHANGE_PASSWORD).exists()
+
+
+@transaction.atomic
+def password_chosen(*, user: AbstractBaseUser) -> None:
+    """The person set their own password: the one-time one is spent."""
+    user.groups.remove(*Group.objects.filter(name=MUST_CHANGE_PASSWORD))
+    audit_record(actor=user, action="user.password_change", target=user)
 
 
 @transaction.atomic

@@ -16,7 +16,7 @@ from pydantic import ConfigDict
 
 from accounts.roles import require_curator
 from annotate import selectors, services
-from annotate.models import Comparison, Judgment, Project
+from annotate.models import Comparison, Judgment
 
 router = Router(tags=["annotation"])
 
@@ -72,10 +72,6 @@ def _validation_detail(exc: ValidationError) -> Any:
     return exc.message_dict if hasattr(exc, "error_dict") else exc.messages
 
 
-def _project(slug: str) -> Project:
-    return selectors.project_by_slug(slug)
-
-
 @router.post(
     "/projects/{slug}/cases",
     response={201: IdOut, 403: Detail, 404: Detail, 422: Detail},
@@ -84,7 +80,7 @@ def _project(slug: str) -> Project:
 def case_flag(request: HttpRequest, slug: str, payload: CaseIn):
     """Curators' tokens only. A train case with a better_response is queued as a comparison."""
     require_curator(request.user)
-    project = _project(slug)
+    project = selectors.project_for_user(slug=slug, user=request.user)
     try:
         case = services.case_create(
             project=project, source="api", created_by=request.user, **payload.dict()
@@ -177,7 +173,7 @@ def _judgment_out(judgment: Judgment, created: bool) -> dict[str, Any]:
 def pairs_export(request: HttpRequest, slug: str) -> HttpResponse:
     """One {"prompt", "chosen", "rejected"} per line, by the rules in docs/export-rules.md."""
     require_curator(request.user)
-    project = _project(slug)
+    project = selectors.project_for_user(slug=slug, user=request.user)
     lines = (
         json.dumps(pair, ensure_ascii=False) + "\n"
         for pair in selectors.preference_pairs(project=project, trl=True)

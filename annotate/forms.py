@@ -6,9 +6,11 @@ from dataclasses import dataclass
 from django import forms
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.contrib.auth.validators import UnicodeUsernameValidator
 from django.core import signing
 from django.template.defaultfilters import filesizeformat
 
+from accounts.roles import ANNOTATOR, CURATOR
 from annotate.field_rules import MAX_TEXT_CHARS
 from annotate.models import Project, Split
 
@@ -147,3 +149,58 @@ class CaseFilterForm(forms.Form):
     split = forms.ChoiceField(choices=[("", "any"), *Split.choices], required=False)
     tag = forms.CharField(required=False, max_length=100)
     judged = forms.ChoiceField(choices=YES_NO, required=False)
+
+
+class MemberAddForm(forms.Form):
+    """Add an existing account to a project's members."""
+
+    username = forms.CharField(max_length=150, label="Username")
+
+    def clean_username(self):
+        username = self.cleaned_data["username"].strip()
+        user = get_user_model().objects.filter(username=username, is_active=True).first()
+        if user is None:
+            raise forms.ValidationError(
+                f"No active account is named “{username}”; create it below."
+            )
+        return user
+
+
+class MemberRemoveForm(forms.Form):
+    """Take someone off a project's members."""
+
+    username = forms.CharField(max_length=150)
+
+    def __init__(self, *args, project: Project, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.project = project
+
+    def clean_username(self):
+        username = self.cleaned_data["username"]
+        user = self.project.members.filter(username=username).first()
+        if user is None:
+            raise forms.ValidationError(f"“{username}” is not a member of this project.")
+        return user
+
+
+class AccountCreateForm(forms.Form):
+    """A new account for a person who joins the project, with a one-time password."""
+
+    username = forms.CharField(
+        max_length=150,
+        validators=[UnicodeUsernameValidator()],
+        help_text="Letters, digits and @ . + - _ only.",
+    )
+    role = forms.ChoiceField(
+        choices=[(ANNOTATOR, "annotator: labels pairs"),
+                 (CURATOR, "curator: also imports, patches and manages the team")],
+        initial=ANNOTATOR,
+    )  # fmt: skip
+
+    def clean_username(self) -> str:
+        username = self.cleaned_data["username"]
+        if get_user_model().objects.filter(username=username).exists():
+            raise forms.ValidationError(
+                f"An account named “{username}” exists; add it as a member above."
+            )
+        return username

@@ -18,13 +18,14 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
+from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import PermissionDenied
 from django.core.validators import slug_re
 from django.db.models import Exists, OuterRef, Prefetch, Q, QuerySet
 from django.http import Http404
 from django.shortcuts import get_object_or_404
 
-from accounts.roles import is_curator
 from annotate.models import (
     Case,
     Choice,
@@ -40,13 +41,49 @@ from core import rows
 EXPORT_CHUNK = 500
 
 
+def sees_every_project(user: AbstractBaseUser) -> bool:
+    """Staff (and superusers) see restricted projects they are no member of; nobody else does,
+    curators included."""
+    return bool(user.is_authenticated and user.is_active and (user.is_staff or user.is_superuser))
+
+
+def may_see_project(*, project: Project, user: AbstractBaseUser) -> bool:
+    """The one rule: a restricted project is for its members (annotators and curators) and
+    staff; an open one for everyone logged in."""
+    if not project.restricted or sees_every_project(user):
+        return True
+    if not user.is_authenticated:
+        return False
+    return Project.members.through.objects.filter(project=project.pk, user=user.pk).exists()
+
+
 def projects_for_user(*, user: AbstractBaseUser) -> QuerySet[Project]:
-    """Projects the user may work on: all for curators, open ones and their own for others."""
+    """Projects the user may see: open ones, restricted ones they are a member of (all for
+    staff)."""
     projects = Project.objects.order_by("name", "id")
-    if is_curator(user):
+    if sees_every_project(user):
         return projects
     member = Project.members.through.objects.filter(project=OuterRef("pk"), user=user.pk)
     return projects.filter(Q(restricted=False) | Q(Exists(member)))
+
+
+def project_members(*, project: Project) -> list[AbstractBaseUser]:
+    """The members, by username, each with ``is_curator`` set (one query)."""
+    from accounts.roles import CURATOR
+
+    curator = get_user_model().groups.through.objects.filter(
+        user=OuterRef("pk"), group__name=CURATOR
+    )
+    return list(project.members.annotate(is_curator=Exists(curator)).order_by("username"))
+
+
+def project_for_user(*, slug: str, user: AbstractBaseUser) -> Project:
+    """The project with this slug, for this user: Http404 when there is none, PermissionDenied
+    (403) when it is restricted to members they are not one of."""
+    project = project_by_slug(slug)
+    if not may_see_project(project=project, user=user):
+        raise PermissionDenied(f"Project {project.slug!r} is restricted to its members.")
+    return project
 
 
 def _export_comparisons(project: Project) -> QuerySet[Comparison]:

@@ -12,4 +12,5 @@ urlpatterns = [
     path("p/<slug:slug>/cases/", views.case_list, name="case_list"),
     path("p/<slug:slug>/import/", views.case_upload, name="case_upload"),
     path("p/<slug:slug>/settings/", views.project_settings, name="project_settings"),
+    path("p/<slug:slug>/team/", views.project_team, name="project_team"),
 ]

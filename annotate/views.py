@@ -13,7 +13,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.http import HttpResponse, HttpResponseBadRequest
-from django.shortcuts import get_object_or_404, redirect, render
+from django.shortcuts import redirect, render
 from django.template.defaultfilters import pluralize
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django.views.decorators.vary import vary_on_headers
@@ -22,9 +22,12 @@ from accounts.roles import curator_required
 from annotate import reports, selectors, services
 from annotate.field_rules import MAX_TEXT_CHARS
 from annotate.forms import (
+    AccountCreateForm,
     CaseFilterForm,
     CaseUploadForm,
     JudgeForm,
+    MemberAddForm,
+    MemberRemoveForm,
     ProjectCreateForm,
     ProjectSettingsForm,
     Ticket,
@@ -102,9 +105,7 @@ def _pair_item(
 
 def _project_for_annotator(request: HtmxHttpRequest, slug: str) -> Project:
     """The project, if this user may label it: 403 when it is restricted to other members."""
-    project = get_object_or_404(Project, slug=slug)
-    services.require_project_access(project=project, user=request.user)
-    return project
+    return selectors.project_for_user(slug=slug, user=request.user)
 
 
 def _render_pair(
@@ -225,7 +226,7 @@ def project_create(request: HtmxHttpRequest) -> HttpResponse:
 @curator_required
 @require_http_methods(["GET", "POST"])
 def project_settings(request: HtmxHttpRequest, slug: str) -> HttpResponse:
-    project = get_object_or_404(Project, slug=slug)
+    project = selectors.project_for_user(slug=slug, user=request.user)
     form = ProjectSettingsForm(request.POST or None, instance=project)
     if request.method == "POST" and form.is_valid():
         services.project_update(
@@ -248,7 +249,7 @@ def project_settings(request: HtmxHttpRequest, slug: str) -> HttpResponse:
 @curator_required
 @require_GET
 def project_report(request: HtmxHttpRequest, slug: str) -> HttpResponse:
-    project = get_object_or_404(Project, slug=slug)
+    project = selectors.project_for_user(slug=slug, user=request.user)
     report = reports.project_report(project=project)
     return render(request, "annotate/project_report.html", {"project": project, "report": report})
 
@@ -257,7 +258,7 @@ def project_report(request: HtmxHttpRequest, slug: str) -> HttpResponse:
 @require_GET
 @vary_on_headers("HX-Request")
 def case_list(request: HtmxHttpRequest, slug: str) -> HttpResponse:
-    project = get_object_or_404(Project, slug=slug)
+    project = selectors.project_for_user(slug=slug, user=request.user)
     form = CaseFilterForm(request.GET)
     filters = form.cleaned_data if form.is_valid() else {}
     cases = reports.cases_filtered(project=project, filters=filters)
@@ -271,7 +272,7 @@ def case_list(request: HtmxHttpRequest, slug: str) -> HttpResponse:
 @curator_required
 @require_http_methods(["GET", "POST"])
 def case_upload(request: HtmxHttpRequest, slug: str) -> HttpResponse:
-    project = get_object_or_404(Project, slug=slug)
+    project = selectors.project_for_user(slug=slug, user=request.user)
     form = CaseUploadForm(request.POST or None, request.FILES or None)
     errors: list[str] = []
     if request.method == "POST" and form.is_valid():
@@ -298,3 +299,58 @@ def case_upload(request: HtmxHttpRequest, slug: str) -> HttpResponse:
         "max_upload_bytes": settings.PATCHWISE_MAX_UPLOAD_BYTES,
     }
     return render(request, "annotate/case_upload.html", context, status=status)
+
+
+@curator_required
+@require_http_methods(["GET", "POST"])
+def project_team(request: HtmxHttpRequest, slug: str) -> HttpResponse:
+    """Who may work on the project (a restricted one is for its members and staff): add an
+    account, take one off, or create one for a newcomer with a password shown once."""
+    project = selectors.project_for_user(slug=slug, user=request.user)
+    add_form = MemberAddForm(prefix="add")
+    create_form = AccountCreateForm(prefix="new")
+    remove_form = None
+    created = None
+    status = 200
+    if request.method == "POST":
+        action = request.POST.get("action")
+        status = 400  # unless the action goes through: the page again, with why
+        if action == "add":
+            add_form = MemberAddForm(request.POST, prefix="add")
+            if add_form.is_valid():
+                user = add_form.cleaned_data["username"]
+                services.project_add_member(project=project, user=user, actor=request.user)
+                messages.success(request, f"{user.username} is a member of {project.name}.")
+                return redirect("project_team", slug=project.slug)
+        elif action == "remove":
+            remove_form = MemberRemoveForm(request.POST, project=project)
+            if remove_form.is_valid():
+                user = remove_form.cleaned_data["username"]
+                services.project_remove_member(project=project, user=user, actor=request.user)
+                messages.success(request, f"{user.username} is no longer a member.")
+                return redirect("project_team", slug=project.slug)
+        elif action == "create":
+            create_form = AccountCreateForm(request.POST, prefix="new")
+            if create_form.is_valid():
+                try:
+                    user, password = services.project_account_create(
+                        project=project, actor=request.user, **create_form.cleaned_data
+                    )
+                except ValidationError as exc:
+                    create_form.add_error(None, " ".join(exc.messages))
+                else:
+                    created = {"username": user.username, "password": password}
+                    create_form = AccountCreateForm(prefix="new")
+                    status = 200
+    context = {
+        "project": project,
+        "members": selectors.project_members(project=project),
+        "add_form": add_form,
+        "create_form": create_form,
+        "remove_form": remove_form,
+        "created": created,
+    }
+    response = render(request, "annotate/project_team.html", context, status=status)
+    if created:
+        response["Cache-Control"] = "no-store"  # the password is shown once, and kept nowhere
+    return response

@@ -7,7 +7,8 @@ from ninja import Router, Schema
 from pydantic import ConfigDict
 
 from accounts.roles import require_curator
-from annotate.models import Project
+from annotate.selectors import project_for_user
+from annotate.services import require_project_access
 from rounds import selectors, services
 from rounds.models import GenerationRequest
 from training.dispatch import BrokerUnavailable
@@ -44,14 +45,7 @@ class Detail(Schema):
     detail: Any
 
 
-def _project(slug: str) -> Project:
-    project = Project.objects.filter(slug=slug).first()
-    if project is None:
-        raise Http404(f"No project {slug!r}.")
-    return project
-
-
-def _generation(generation_id: int) -> GenerationRequest:
+def _generation(request: HttpRequest, generation_id: int) -> GenerationRequest:
     generation = (
         GenerationRequest.objects.select_related("project", "adapter_job")
         .filter(pk=generation_id)
@@ -59,6 +53,7 @@ def _generation(generation_id: int) -> GenerationRequest:
     )
     if generation is None:
         raise Http404(f"No generation {generation_id}.")
+    require_project_access(project=generation.project, user=request.user)
     return generation
 
 
@@ -71,7 +66,7 @@ def generation_launch(request: HttpRequest, slug: str, payload: GenerationIn | N
     """N candidates per case (default: every flagged case) from the base model, or base + the
     adapter of job `job_id`; they become comparisons with the bad answer and each other."""
     require_curator(request.user)
-    project = _project(slug)
+    project = project_for_user(slug=slug, user=request.user)
     payload = payload or GenerationIn()
     try:
         if payload.case_ids is not None and payload.filter is not None:
@@ -122,7 +117,7 @@ def generation_launch(request: HttpRequest, slug: str, payload: GenerationIn | N
 def generation_status(request: HttpRequest, generation_id: int):
     """Status, progress (cases done of total), counts, and the error when it failed."""
     require_curator(request.user)
-    return selectors.generation_api_payload(_generation(generation_id))
+    return selectors.generation_api_payload(_generation(request, generation_id))
 
 
 @router.post(
@@ -134,7 +129,7 @@ def generation_cancel(request: HttpRequest, generation_id: int):
     require_curator(request.user)
     try:
         generation = services.generation_cancel(
-            generation=_generation(generation_id), actor=request.user
+            generation=_generation(request, generation_id), actor=request.user
         )
     except services.GenerationRefused as refused:
         return 409, {"detail": str(refused)}

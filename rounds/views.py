@@ -13,6 +13,8 @@ from django.views.decorators.vary import vary_on_headers
 
 from accounts.roles import curator_required
 from annotate.models import Project
+from annotate.selectors import project_for_user
+from annotate.services import require_project_access
 from core.http import HtmxHttpRequest, page_or_partial
 from rounds import selectors, services
 from rounds.forms import GenerationForm
@@ -20,14 +22,15 @@ from rounds.models import GenerationRequest
 from training.dispatch import BrokerUnavailable
 
 
-def _project(slug: str) -> Project:
-    return get_object_or_404(Project, slug=slug)
+def _project(request: HtmxHttpRequest, slug: str) -> Project:
+    """403 for a restricted project the curator is not a member of (staff see all)."""
+    return project_for_user(slug=slug, user=request.user)
 
 
 @curator_required
 @require_GET
 def project_rounds(request: HtmxHttpRequest, slug: str) -> HttpResponse:
-    project = _project(slug)
+    project = _project(request, slug)
     context = {
         "project": project,
         "timeline": selectors.rounds_timeline(project=project),
@@ -40,7 +43,7 @@ def project_rounds(request: HtmxHttpRequest, slug: str) -> HttpResponse:
 @curator_required
 @require_POST
 def round_next(request: HtmxHttpRequest, slug: str) -> HttpResponse:
-    project = _project(slug)
+    project = _project(request, slug)
     job_id = request.POST.get("job", "")
     ready = selectors.jobs_ready_for_round(project=project)
     # ASCII digits only ("²" is a digit to str.isdigit), and few enough to be a row id
@@ -65,7 +68,7 @@ def round_next(request: HtmxHttpRequest, slug: str) -> HttpResponse:
 @curator_required
 @require_http_methods(["GET", "POST"])
 def generation_launch(request: HtmxHttpRequest, slug: str) -> HttpResponse:
-    project = _project(slug)
+    project = _project(request, slug)
     jobs = selectors.succeeded_jobs(project=project)
     initial = {}
     if request.GET.get("case"):
@@ -121,6 +124,7 @@ def _selection(data: dict) -> dict:
 @vary_on_headers("HX-Request")
 def generation_detail(request: HtmxHttpRequest, generation_id: int) -> HttpResponse:
     generation = selectors.generation_for_page(generation_id=generation_id)
+    require_project_access(project=generation.project, user=request.user)
     template = page_or_partial(request, "rounds/generation_detail.html", "live")
     return render(request, template, {"generation": generation})
 
@@ -128,7 +132,10 @@ def generation_detail(request: HtmxHttpRequest, generation_id: int) -> HttpRespo
 @curator_required
 @require_POST
 def generation_cancel(request: HtmxHttpRequest, generation_id: int) -> HttpResponse:
-    generation = get_object_or_404(GenerationRequest, pk=generation_id)
+    generation = get_object_or_404(
+        GenerationRequest.objects.select_related("project"), pk=generation_id
+    )
+    require_project_access(project=generation.project, user=request.user)
     try:
         services.generation_cancel(generation=generation, actor=request.user)
     except services.GenerationRefused as refused:
@@ -145,6 +152,7 @@ def round_detail(request: HtmxHttpRequest, round_id: int) -> HttpResponse:
     """The round's score and answers; while its generation runs, htmx polls the ``live``
     fragment every second (as on the job page) and stops once the generation has finished."""
     current = selectors.round_for_page(round_id=round_id)
+    require_project_access(project=current.project, user=request.user)
     timeline = selectors.rounds_timeline(project=current.project)
     row = next(row for row in timeline if row.round.pk == current.pk)
     context = {
@@ -161,6 +169,7 @@ def round_detail(request: HtmxHttpRequest, round_id: int) -> HttpResponse:
 @require_POST
 def round_requeue(request: HtmxHttpRequest, round_id: int) -> HttpResponse:
     current = selectors.round_for_page(round_id=round_id)
+    require_project_access(project=current.project, user=request.user)
     try:
         generation = services.round_requeue_failing(current=current, actor=request.user)
     except (services.GenerationRefused, BrokerUnavailable) as refused:

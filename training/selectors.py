@@ -9,6 +9,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import QuerySet
 from django.http import Http404
 
+from annotate.selectors import project_for_user as annotate_project_for_user
 from annotate.selectors import projects_for_user
 from training.models import TrainingJob
 
@@ -17,16 +18,14 @@ _HEAVY_FIELDS = ("data_snapshot", "metrics_series", "report", "config")
 
 
 def visible_projects(*, user: AbstractBaseUser) -> QuerySet:
-    """The projects ``user`` may see, by annotate's rule (restricted projects: members and
-    curators)."""
+    """The projects ``user`` may see (annotate's rule: a restricted project is for its members
+    and staff)."""
     return projects_for_user(user=user)
 
 
 def project_for_user(*, slug: str, user: AbstractBaseUser) -> Any:
-    project = visible_projects(user=user).filter(slug=slug).first()
-    if project is None:
-        raise Http404(f"No project {slug!r}.")
-    return project
+    """Http404 when there is no such project, PermissionDenied when it is not for ``user``."""
+    return annotate_project_for_user(slug=slug, user=user)
 
 
 @dataclass

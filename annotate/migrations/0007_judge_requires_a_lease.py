@@ -38,7 +38,7 @@ BEGIN
         RETURN QUERY SELECT 'missing'::varchar, NULL::bigint, NULL::varchar, NULL::varchar;
         RETURN;
     END IF;
-    -- Restricted projects are for their members and curators (p_privileged).
+    -- Restricted projects are for their members and staff (p_privileged).
     IF v_restricted AND NOT p_privileged AND NOT EXISTS (
         SELECT 1 FROM annotate_project_members m
         WHERE m.project_id = v_project AND m.user_id = p_user

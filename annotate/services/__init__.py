@@ -26,7 +26,14 @@ from annotate.services.judgments import (
     judgment_submit,
     judgment_undo,
 )
-from annotate.services.projects import project_create, project_update, require_project_access
+from annotate.services.projects import (
+    project_account_create,
+    project_add_member,
+    project_create,
+    project_remove_member,
+    project_update,
+    require_project_access,
+)
 from annotate.services.queue import LEASE_DURATION, lease_next_comparison, lease_next_in_project
 from annotate.services.queue_sql import flip_for
 
@@ -47,7 +54,10 @@ __all__ = [
     "judgment_undo",
     "lease_next_comparison",
     "lease_next_in_project",
+    "project_account_create",
+    "project_add_member",
     "project_create",
+    "project_remove_member",
     "project_update",
     "require_project_access",
     "response_create",

@@ -14,10 +14,10 @@ from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from accounts.roles import is_curator
 from accounts.services import audit_record
 from annotate.field_rules import InvalidValue, clean_text
 from annotate.models import Case, Choice, Comparison, Judgment, Lease, Origin, Project, Side
+from annotate.selectors import sees_every_project
 from annotate.services import queue_sql
 from annotate.services.cases import response_create
 from annotate.services.queue import LEASE_DURATION
@@ -85,8 +85,8 @@ def judgment_submit(
     params = {
         "comparison": comparison_id,
         "user": annotator.pk,
-        # Restricted projects are checked in the same statement; curators may judge in all.
-        "privileged": is_curator(annotator),
+        # Restricted projects are checked in the same statement; staff may judge in all.
+        "privileged": sees_every_project(annotator),
         "now": connection.ops.adapt_datetimefield_value(now),
         "choice": choice,
         "as_shown": as_shown,

@@ -14,7 +14,6 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import connection
 from django.utils import timezone
 
-from accounts.roles import is_curator
 from annotate import selectors
 from annotate.models import Comparison, Lease, Project, Side
 from annotate.services import queue_sql
@@ -62,7 +61,10 @@ def lease_next_in_project(
     """
     if connection.vendor != "postgresql" or not selectors.is_slug(slug):
         return lease_next_comparison(project=selectors.project_by_slug(slug), annotator=annotator)
-    params = _lease_params(annotator) | {"slug": slug, "privileged": is_curator(annotator)}
+    params = _lease_params(annotator) | {
+        "slug": slug,
+        "privileged": selectors.sees_every_project(annotator),
+    }
     leased = queue_sql.lease_by_slug(params, annotator)
     if leased is None:
         # Nothing leased: say why when it is not an empty queue (404, 403).

@@ -237,9 +237,10 @@ def test_a_restricted_project_answers_403_to_non_members(annotator, curator, mak
     judged = api(annotator.user)("post", f"/comparisons/{first.pk}/judgment", {"choice": "a"})
     assert judged.status_code == 403
     assert not Lease.objects.exists() and not Judgment.objects.exists()
-    # Members and curators may: the check is per project, not per role alone.
+    # Members (annotators and curators) may: the check is per project, not per role.
+    assert api(curator.user)("get", "/projects/secret/comparisons/next").status_code == 403
     member = make_user("member")
-    secret.members.add(member)
+    secret.members.add(member, curator.user)
     for user, comparison in ((member, first), (curator.user, second)):
         call = api(user)
         assert call("get", "/projects/secret/comparisons/next").json()["id"] == comparison.pk
