@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from django.http import Http404, HttpRequest
+from django.http import HttpRequest
 from ninja import Router, Schema
 from pydantic import ConfigDict
 
@@ -46,13 +46,7 @@ class Detail(Schema):
 
 
 def _generation(request: HttpRequest, generation_id: int) -> GenerationRequest:
-    generation = (
-        GenerationRequest.objects.select_related("project", "adapter_job")
-        .filter(pk=generation_id)
-        .first()
-    )
-    if generation is None:
-        raise Http404(f"No generation {generation_id}.")
+    generation = selectors.generation_by_id(generation_id)
     require_project_access(project=generation.project, user=request.user)
     return generation
 

@@ -13,7 +13,6 @@ from typing import Any
 
 from django.db.models import Prefetch, QuerySet
 from django.http import Http404
-from django.shortcuts import get_object_or_404
 
 from annotate.models import Case, Choice, Judgment, Project, Split
 from rounds import winrate
@@ -267,12 +266,16 @@ def generation_api_payload(generation: GenerationRequest) -> dict[str, Any]:
     }
 
 
-def generation_for_page(*, generation_id: int) -> GenerationRequest:
-    """One generation request with what its page names, or Http404."""
-    return get_object_or_404(
-        GenerationRequest.objects.select_related("project", "adapter_job", "created_by"),
-        pk=generation_id,
+def generation_by_id(generation_id: int) -> GenerationRequest:
+    """One generation request with what its page and API name, or Http404."""
+    generation = (
+        GenerationRequest.objects.select_related("project", "adapter_job", "created_by")
+        .filter(pk=generation_id)
+        .first()
     )
+    if generation is None:
+        raise Http404(f"No generation {generation_id}.")
+    return generation
 
 
 def round_for_page(*, round_id: int) -> Round:

@@ -7,7 +7,7 @@ fragment are one template (``{% partialdef live %}``); htmx polls it while the r
 
 from django.contrib import messages
 from django.http import HttpResponse
-from django.shortcuts import get_object_or_404, redirect, render
+from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django.views.decorators.vary import vary_on_headers
 
@@ -18,7 +18,6 @@ from annotate.services import require_project_access
 from core.http import HtmxHttpRequest, page_or_partial
 from rounds import selectors, services
 from rounds.forms import GenerationForm
-from rounds.models import GenerationRequest
 from training.dispatch import BrokerUnavailable
 
 
@@ -123,7 +122,7 @@ def _selection(data: dict) -> dict:
 @require_GET
 @vary_on_headers("HX-Request")
 def generation_detail(request: HtmxHttpRequest, generation_id: int) -> HttpResponse:
-    generation = selectors.generation_for_page(generation_id=generation_id)
+    generation = selectors.generation_by_id(generation_id)
     require_project_access(project=generation.project, user=request.user)
     template = page_or_partial(request, "rounds/generation_detail.html", "live")
     return render(request, template, {"generation": generation})
@@ -132,9 +131,7 @@ def generation_detail(request: HtmxHttpRequest, generation_id: int) -> HttpRespo
 @curator_required
 @require_POST
 def generation_cancel(request: HtmxHttpRequest, generation_id: int) -> HttpResponse:
-    generation = get_object_or_404(
-        GenerationRequest.objects.select_related("project"), pk=generation_id
-    )
+    generation = selectors.generation_by_id(generation_id)
     require_project_access(project=generation.project, user=request.user)
     try:
         services.generation_cancel(generation=generation, actor=request.user)

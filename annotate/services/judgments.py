@@ -148,24 +148,26 @@ def judgment_submit(
                 "full": f"Comparison {comparison_id} has all its judgments.",
             }[outcome]
         )
-    judgment = Judgment(
-        pk=judgment_id,
-        comparison_id=comparison_id,
-        annotator=annotator,
-        choice=judged_choice,
-        edited=edited,
-        corrected_response=corrected,
-        rationale=rationale,
-        shown_left=judged_left,
-        duration_ms=duration_ms,
-        created_at=now,
-    )
+    # The row just written, as a queryset would load it, from the values the statement stored.
+    stored = {
+        "id": judgment_id,
+        "comparison_id": comparison_id,
+        "annotator_id": annotator.pk,
+        "choice": judged_choice,
+        "edited": edited,
+        "corrected_response_id": corrected.pk if corrected is not None else None,
+        "rationale": rationale,
+        "shown_left": judged_left,
+        "duration_ms": duration_ms,
+        "created_at": now,
+    }
+    attnames = [field.attname for field in Judgment._meta.concrete_fields]
+    judgment = Judgment.from_db(connection.alias, attnames, [stored[name] for name in attnames])
+    judgment.annotator, judgment.corrected_response = annotator, corrected
     if not isinstance(comparison, int):
         judgment.comparison = comparison
         comparison.judgment_count += 1
         comparison.needs_judgments = comparison.judgment_count < comparison.project.overlap
-    # The row just written, as a queryset would load it.
-    judgment._state.adding, judgment._state.db = False, connection.alias
     return judgment, True
 
 
