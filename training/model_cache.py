@@ -8,7 +8,9 @@ removed without merging). One model at a time: a GPU worker has room for one.
 
 from __future__ import annotations
 
+import gc
 import logging
+import sys
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -51,6 +53,13 @@ def get_base(path: str | Path, *, quantize: str | None = None) -> tuple[LoadedBa
 
 
 def clear() -> None:
+    """Drop the kept model and give its GPU memory back (a multi-GPU job needs every GPU)."""
     global _cached
     with _lock:
+        if _cached is None:
+            return
         _cached = None
+        gc.collect()
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.cuda.is_initialized():
+            torch.cuda.empty_cache()

@@ -18,6 +18,7 @@ from typing import Any
 
 from training import artifacts, lifecycle, model_cache, services
 from training.models import TrainingJob
+from training.multi_gpu import train_under_torchrun
 
 logger = logging.getLogger(__name__)
 
@@ -120,27 +121,46 @@ def run_claimed_job(job: TrainingJob) -> str:
 
 
 def _train(job: TrainingJob, staging: Path) -> str:
-    from training.engine import TrainConfig, train
+    from training.engine import EngineError, TrainConfig, train
 
     progress = Progress(job.pk)
     progress.memory_plan = job.progress.get("memory_plan")  # the launch's, until the engine's
     progress.write(force=True)
     # Keys the worker acts on (how many GPUs) are not the engine's.
-    config = TrainConfig.from_dict(
-        {k: v for k, v in job.config.items() if k not in services.WORKER_KEYS}
-    )
-    base, from_memory = model_cache.get_base(job.base_model, quantize=config.quantize)
-    logger.info("job %s: base model %s", job.pk, "from memory" if from_memory else "loaded")
+    engine_config = {k: v for k, v in job.config.items() if k not in services.WORKER_KEYS}
+    config = TrainConfig.from_dict(engine_config)
+    gpus = job.config.get("gpus", 1)
+    if gpus > services.worker_gpus():
+        raise EngineError(
+            f"this worker has {services.worker_gpus()} GPU(s) (PATCHWISE_WORKER_GPUS) and the "
+            f"job asks for {gpus}: launch it with gpus at most {services.worker_gpus()}, or "
+            "give it a worker on a bigger node"
+        )
     staging.parent.mkdir(parents=True, exist_ok=True)
-    train(
-        config,
-        pairs=job.data_snapshot["pairs"],
-        eval_items=job.data_snapshot.get("eval") or None,
-        out_dir=staging,
-        base=base,
-        on_progress=progress.on_progress,
-        should_cancel=progress.should_cancel,
-    )
+    if gpus > 1:
+        model_cache.clear()  # every GPU of the node goes to the torchrun ranks
+        train_under_torchrun(
+            job_id=job.pk,
+            gpus=gpus,
+            config=engine_config,
+            pairs=job.data_snapshot["pairs"],
+            eval_items=job.data_snapshot.get("eval") or None,
+            out_dir=staging,
+            on_progress=progress.on_progress,
+            should_cancel=progress.should_cancel,
+        )
+    else:  # in this process, on the base model kept warm from the last job
+        base, from_memory = model_cache.get_base(job.base_model, quantize=config.quantize)
+        logger.info("job %s: base model %s", job.pk, "from memory" if from_memory else "loaded")
+        train(
+            config,
+            pairs=job.data_snapshot["pairs"],
+            eval_items=job.data_snapshot.get("eval") or None,
+            out_dir=staging,
+            base=base,
+            on_progress=progress.on_progress,
+            should_cancel=progress.should_cancel,
+        )
     progress.write(force=True)
     report = json.loads((staging / "report.json").read_text())
     report["files_sha256"] = artifacts.adapter_file_hashes(staging)

@@ -27,6 +27,8 @@ def test_worker_consumes_the_gpu_queue_with_a_gpu_reserved():
     assert "-Q gpu" in worker["command"]
     devices = worker["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
+    assert devices[0]["count"] == "all"  # one worker per node, every GPU of it
+    assert "PATCHWISE_WORKER_GPUS" in worker["environment"]
 
 
 def test_readme_shows_the_same_commands_as_compose():
