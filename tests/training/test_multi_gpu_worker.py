@@ -135,3 +135,24 @@ def test_a_launch_asking_for_more_gpus_than_the_workers_have_is_a_400(api, annot
     refused = api.post("/projects/shop/jobs", {"config": {"gpus": 8}})
     assert refused.status_code == 400
     assert "'gpus' is 8 but a gpu worker has 2" in refused.json()["detail"]
+
+
+def test_every_launch_key_reaches_the_engine_cli_unchanged(model_folder, settings):
+    """The torchrun job passes the config as CLI flags: each key must be a flag the engine
+    parses back to the same value."""
+    import argparse
+
+    from training.engine.__main__ import _add_train_arguments
+    from training.multi_gpu import engine_flags
+
+    settings.PATCHWISE_WORKER_GPUS = 2
+    given = {"beta": 0.2, "loss": "ipo", "sft_weight": 0.5, "sft_warmup_epochs": 1, "lr": 2e-4,
+             "epochs": 7, "batch_size": 4, "lora_r": 8, "seed": 3, "retain_weight": 0.0,
+             "gpus": 2}  # fmt: skip
+    resolved = services.resolve_config(given)
+    engine = {k: v for k, v in resolved.items() if k not in services.WORKER_KEYS}
+    parser = argparse.ArgumentParser()
+    _add_train_arguments(parser)
+    args = parser.parse_args([*engine_flags(engine), "--pairs", "p", "--out", "o"])
+    for key, value in engine.items():
+        assert getattr(args, key) == value, key
