@@ -40,11 +40,13 @@ def engine_flags(config: dict[str, Any]) -> list[str]:
     underscores (DESIGN.md), so the mapping is mechanical."""
     flags: list[str] = []
     for key, value in config.items():
-        if value is None or value is False:
+        if value is None:  # the engine's default
             continue
         flag = "--" + key.replace("_", "-")
         if value is True:
             flags.append(flag)
+        elif value is False:  # yes/no flags (--gradient-checkpointing) take --no-
+            flags.append(f"--no-{key.replace('_', '-')}")
         elif isinstance(value, list | tuple):
             flags += [flag, ",".join(str(item) for item in value)]
         else:

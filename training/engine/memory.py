@@ -327,7 +327,8 @@ def refusal(shape: ModelShape, workload: Workload, smallest: MemoryPlan) -> str:
             options.append(f"--quantize 4bit (about {quantized / GIB:.1f} GiB)")
     gpus = gpus_needed(shape, workload, available)
     if gpus is not None:
-        options.append(f"{gpus} such GPUs with the weights sharded (FSDP)")
+        # gpus > 1 replicates the base (data parallel); sharding it is not built (README)
+        options.append(f"{gpus} such GPUs with the weights sharded (FSDP, not in Patchwise yet)")
     else:
         options.append(f"more than {GPUS_PER_NODE} such GPUs")
     return (
