@@ -4,15 +4,13 @@ The generation task keeps the name "training.run_generation": config/celery.py r
 `gpu` queue next to the training jobs, and a GPU worker runs one of either at a time.
 """
 
-import logging
 import platform
 
 from celery import shared_task
 from celery.signals import worker_ready
 
 from rounds import services
-
-logger = logging.getLogger(__name__)
+from training import lifecycle
 
 
 @shared_task(bind=True, name=services.RUN_GENERATION_TASK, queue="gpu", acks_late=True)
@@ -37,11 +35,4 @@ def reap_stale_generations() -> list[int]:
 @worker_ready.connect
 def reap_generations_left_by_this_worker(sender=None, **kwargs) -> None:
     """A worker that starts again under the same name cannot still be sampling its old requests."""
-    worker_name = getattr(sender, "hostname", None)
-    try:
-        reaped = services.generations_reap_stale(worker_name=worker_name)
-    except Exception:  # a worker must start even if the database is briefly away
-        logger.exception("could not reap stale generations at worker start")
-        return
-    if reaped:
-        logger.warning("failed generations %s left running by a dead worker", reaped)
+    lifecycle.reap_left_by_worker(services.GENERATIONS, getattr(sender, "hostname", None))

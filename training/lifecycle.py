@@ -258,6 +258,19 @@ def reap_stale(
     return reaped
 
 
+def reap_left_by_worker(kind: Kind, worker_name: str | None) -> None:
+    """At a worker's start: fail the rows a worker of the same name left running (it cannot
+    still be running them). Logs instead of raising: a worker must start even if the database
+    is briefly away."""
+    try:
+        reaped = reap_stale(kind, worker_name=worker_name)
+    except Exception:
+        logger.exception("could not reap the %s rows left by %s", kind.action, worker_name)
+        return
+    if reaped:
+        logger.warning("failed %s rows %s left running by a dead worker", kind.action, reaped)
+
+
 # --------------------------------------------------------------------------- on the worker
 
 

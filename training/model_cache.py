@@ -1,4 +1,7 @@
-"""The worker's base model, kept in memory between jobs.
+"""The gpu worker's base model, kept in memory between the rows it runs.
+
+Public to both kinds of worker row: training jobs (training.runner) and generation requests
+(rounds.runner) load their base through ``get_base``, so one reuses what the other loaded.
 
 Loading a model costs seconds (minutes for a real one); most jobs in a row patch the same model.
 The worker keeps the last ``LoadedBase`` and hands it to the next job when the folder is the same

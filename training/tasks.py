@@ -7,7 +7,7 @@ import time
 from celery import shared_task
 from celery.signals import celeryd_after_setup, worker_ready
 
-from training import services
+from training import lifecycle, services
 
 logger = logging.getLogger(__name__)
 
@@ -48,14 +48,7 @@ def reap_stale_jobs() -> list[int]:
 @worker_ready.connect
 def reap_jobs_left_by_this_worker(sender=None, **kwargs) -> None:
     """A worker that starts again under the same name cannot still be running its old jobs."""
-    worker_name = getattr(sender, "hostname", None)
-    try:
-        reaped = services.job_reap_stale(worker_name=worker_name)
-    except Exception:  # a worker must start even if the database is briefly away
-        logger.exception("could not reap stale jobs at worker start")
-        return
-    if reaped:
-        logger.warning("failed jobs %s left running by a dead worker", reaped)
+    lifecycle.reap_left_by_worker(services.JOBS, getattr(sender, "hostname", None))
 
 
 @celeryd_after_setup.connect
