@@ -3,6 +3,7 @@ ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY config config
+COPY core core
 COPY accounts accounts
 COPY annotate annotate
 COPY training training
