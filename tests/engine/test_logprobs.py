@@ -133,3 +133,31 @@ def test_chunked_head_keeps_at_most_a_chunk_of_logits(tiny_model_dir: Path) -> N
     assert logit_chunk_tokens(10**12) == 1
     parts = lm_parts(load_base(tiny_model_dir).model)
     assert parts is not None and parts.vocabulary == 300
+
+
+@pytest.mark.parametrize(
+    ("chunk_tokens", "head_passes"),
+    [(None, 1), (13, 2 * 4)],  # 52 answer tokens: one chunk, or four chunks of 13
+    ids=["one_chunk_kept", "several_chunks_recomputed"],
+)
+def test_head_is_recomputed_only_when_the_logits_come_in_several_chunks(
+    tiny_model_dir: Path, chunk_tokens: int | None, head_passes: int
+) -> None:
+    """One chunk's logits are kept for the backward pass (rebuilding them there would cost a
+    pass of the head for the same peak); several chunks are each rebuilt there, so no more
+    than one chunk's logits exist at once."""
+    base = load_base(tiny_model_dir)
+    encoded = encode_pairs(base.tokenizer, PLAIN_PAIRS, max_length=256, max_prompt_length=128)
+    model = get_peft_model(base.model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    calls = []
+    hook = lm_parts(model).head.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        out = pair_logps_shared(
+            model, encoded, pad_id=base.tokenizer.pad_token_id, chunk_tokens=chunk_tokens
+        )
+        assert int(out.chosen_tokens.sum() + out.rejected_tokens.sum()) == 52
+        (out.chosen.sum() - out.rejected.sum()).backward()
+    finally:
+        hook.remove()
+        model.unload()
+    assert len(calls) == head_passes

@@ -133,12 +133,15 @@ def head_token_logps(
 ) -> Tensor:
     """log p(target) for each row of ``hidden`` (N, H) -> (N,), in float32.
 
-    The head runs on ``chunk_tokens`` rows at a time; when gradients are needed each chunk is
-    recomputed in the backward pass (activation checkpointing) instead of keeping its logits,
-    so at most one chunk's [tokens x vocabulary] logits exist at once, forward or backward.
+    The head runs on ``chunk_tokens`` rows at a time; when gradients are needed and there are
+    several chunks, each is recomputed in the backward pass (activation checkpointing) instead
+    of keeping its logits, so at most one chunk's [tokens x vocabulary] logits exist at once,
+    forward or backward. A single chunk is kept instead: the head is the forward's last work,
+    so its logits would be rebuilt at the start of the backward pass, with every activation
+    still held, for the same peak at the cost of one more pass of the head.
     """
     chunk = chunk_tokens or logit_chunk_tokens(parts.vocabulary)
-    recompute = torch.is_grad_enabled() and hidden.requires_grad
+    recompute = torch.is_grad_enabled() and hidden.requires_grad and hidden.shape[0] > chunk
     pieces = []
     for start in range(0, hidden.shape[0], chunk):
         rows, row_targets = hidden[start : start + chunk], targets[start : start + chunk]
