@@ -50,6 +50,7 @@ LAUNCH_KEYS = (
     "gradient_checkpointing",
     "quantize",
     "max_memory",
+    "drift_tolerance",
 )
 # Config keys that are the worker's business, not the engine's: how many GPUs (one process
 # each, under torchrun) the job trains on. At most PATCHWISE_WORKER_GPUS.

@@ -64,6 +64,12 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "(what the gpu worker reads from a torchrun job)",
     )
     parser.add_argument(
+        "--drift-tolerance",
+        type=float,
+        default=defaults.drift_tolerance,
+        help="nats per token a reworded regression answer may drift and still count unchanged",
+    )
+    parser.add_argument(
         "--micro-batch-size",
         type=_micro_batch_size,
         default=defaults.micro_batch_size,
@@ -125,6 +131,7 @@ def _run_train(args: argparse.Namespace) -> int:
         gradient_checkpointing=args.gradient_checkpointing,
         quantize=args.quantize,
         max_memory=args.max_memory,
+        drift_tolerance=args.drift_tolerance,
     )
     validate_config(config)  # before loading anything: a bad config fails in a second
     check_model_folder(config.model)
@@ -175,9 +182,12 @@ def _train_and_print(args, config, pairs, eval_items, ranks, train) -> int:
     print(f"stopped: {report['training']['stopped_because']}")
     for kind, counts in report["summary"].items():
         if kind == "regression":
-            print(f"{kind}: {counts['unchanged']}/{counts['total']} unchanged")
+            print(
+                f"{kind}: {counts['identical']}/{counts['total']} "
+                f"identical, {counts['unchanged']}/{counts['total']} within tolerance"
+            )
         else:
-            print(f"{kind}: {counts['fixed']}/{counts['with_expected']} fixed")
+            print(f"{kind}: {counts['fixed']}/{counts['with_rule']} fixed")
     print(f"wrote {', '.join(str(path) for path in result.files)}")
     stacked = report["stacked_on_adapter"]
     if stacked and stacked["combined"]:

@@ -103,6 +103,9 @@ class TrainConfig:
     # --- machinery
     prefix_sharing: bool = True  # run each prompt once for both answers (same maths, faster)
     early_stop: bool = True  # stop at the end of the epoch where every flagged prompt is fixed
+    drift_tolerance: float = 0.5  # nats per token: a regression prompt whose answer differs
+    # (and has no checks) counts as changed once the mean per-token log-prob of its pre-patch
+    # answer moved by more than this; rewording moved it 0.01-0.2 on the demo (benchmarks.md)
     ref_cache_dir: str | None = None  # None: $PATCHWISE_CACHE_DIR or ~/.cache/patchwise
 
     @classmethod
@@ -142,11 +145,20 @@ def validate_config(config: TrainConfig) -> None:
     """Raise EngineError with a user-readable reason if ``config`` cannot train or be served."""
     _require(isinstance(config.model, str) and bool(config.model), "'model' must name a folder")
     _require(config.loss in LOSSES, f"'loss' must be one of {', '.join(LOSSES)}")
-    for name in ("beta", "label_smoothing", "sft_weight", "retain_weight", "lr", "max_grad_norm"):
+    for name in (
+        "beta",
+        "label_smoothing",
+        "sft_weight",
+        "retain_weight",
+        "lr",
+        "max_grad_norm",
+        "drift_tolerance",
+    ):
         _require(_is_number(getattr(config, name)), f"'{name}' must be a finite number")
     _require(config.beta > 0, "'beta' must be above 0")
     _require(config.lr > 0, "'lr' must be above 0")
     _require(config.sft_weight >= 0 and config.retain_weight >= 0, "weights must be 0 or more")
+    _require(config.drift_tolerance >= 0, "'drift_tolerance' must be 0 or more")
     _require(0 <= config.label_smoothing < 0.5, "'label_smoothing' must lie in [0, 0.5)")
     _require(
         not config.label_smoothing or config.loss in ("sigmoid", "robust"),

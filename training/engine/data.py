@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from training.engine.checks import FIELDS as CHECK_FIELDS
+from training.engine.checks import CheckError, clean_checks
 from training.engine.errors import EngineError, first_line
 
 EVAL_KINDS = ("flagged", "heldout", "regression")
@@ -54,6 +56,9 @@ class EvalItem:
     expected: str | None = None
     topic: str | None = None  # optional grouping the report uses to say what regression covers
     tags: list[str] = field(default_factory=list)
+    must_include: list[str] = field(default_factory=list)  # checks: see checks.py
+    must_not_include: list[str] = field(default_factory=list)
+    rejected: str | None = None  # the bad answer: the preference check weighs expected against it
 
 
 # ---------------------------------------------------------------------------- reading files
@@ -135,7 +140,8 @@ def validate_pairs(pairs: list[dict[str, Any]], *, source: str = "pairs") -> Non
 
 
 def parse_eval_items(records: list[dict[str, Any]], *, source: str = "eval") -> list[EvalItem]:
-    """Validate eval records (``prompt``, ``kind``, optional ``expected``/``topic``/``tags``)."""
+    """Validate eval records (``prompt``, ``kind``, optional ``expected``/``topic``/``tags``,
+    the checks ``must_include``/``must_not_include`` and the bad answer ``rejected``)."""
     items = []
     for index, record in enumerate(records):
         where = _where(record, index, source)
@@ -156,6 +162,13 @@ def parse_eval_items(records: list[dict[str, Any]], *, source: str = "eval") -> 
         topic = record.get("topic")
         if topic is not None and not isinstance(topic, str):
             raise EngineError(f"{where}: field 'topic' must be a string")
+        rejected = record.get("rejected")
+        if rejected is not None and not isinstance(rejected, str):
+            raise EngineError(f"{where}: field 'rejected' must be a string")
+        try:
+            checks = {name: clean_checks(record.get(name), name=name) for name in CHECK_FIELDS}
+        except CheckError as error:
+            raise EngineError(f"{where}: {error}") from None
         items.append(
             EvalItem(
                 line=record.get("line", index + 1),
@@ -164,6 +177,8 @@ def parse_eval_items(records: list[dict[str, Any]], *, source: str = "eval") -> 
                 expected=expected,
                 topic=topic,
                 tags=tags,
+                rejected=rejected,
+                **checks,
             )
         )
     return items

@@ -99,13 +99,6 @@ def generate_greedy(
     return [tokenizer.decode(answer, skip_special_tokens=True) for answer in ids]
 
 
-def is_fixed(answer: str, expected: str | None) -> bool | None:
-    """after == expected (ignoring surrounding whitespace); None when nothing is expected."""
-    if expected is None:
-        return None
-    return answer.strip() == expected.strip()
-
-
 def regression_coverage(items: list[EvalItem]) -> dict[str, Any]:
     """Which kinds of prompt the regression set covers: by topic and tag, else just a count.
 
@@ -121,20 +114,3 @@ def regression_coverage(items: list[EvalItem]) -> dict[str, Any]:
         "by_tag": dict(sorted(tags.items())),
         "unlabelled": unlabelled,
     }
-
-
-def summarize(rows: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
-    """Counts a user reads first: flagged/heldout fixed, regression unchanged."""
-    summary: dict[str, dict[str, int]] = {}
-    for kind in ("flagged", "heldout", "regression"):
-        of_kind = [row for row in rows if row["kind"] == kind]
-        if not of_kind:
-            continue
-        summary[kind] = {
-            "total": len(of_kind),
-            "with_expected": sum(1 for row in of_kind if row["expected"] is not None),
-            "fixed": sum(1 for row in of_kind if row["fixed"]),
-            "changed": sum(1 for row in of_kind if row["changed"]),
-            "unchanged": sum(1 for row in of_kind if not row["changed"]),
-        }
-    return summary

@@ -13,7 +13,8 @@ import torch
 
 from training.engine.config import TrainConfig
 from training.engine.data import EncodedPair, EvalItem
-from training.engine.evaluate import is_fixed, regression_coverage, summarize
+from training.engine.evaluate import regression_coverage
+from training.engine.verify import summarize
 
 if TYPE_CHECKING:
     from training.engine.lora import Patch
@@ -27,8 +28,7 @@ def build_report(
     patch: Patch,
     pairs: list[EncodedPair],
     items: list[EvalItem],
-    before: list[str],
-    after: list[str],
+    eval_rows: list[dict[str, Any]],
     ref_chosen: torch.Tensor,
     ref_rejected: torch.Tensor,
     policy_chosen: torch.Tensor,
@@ -37,28 +37,20 @@ def build_report(
     retain_examples: int,
     warmup_nll: list[float],
     loop: LoopResult,
-    flagged: list[EvalItem],
+    flagged: list[int],
     timings: dict[str, float],
     memory_plan: MemoryPlan,
 ) -> dict[str, Any]:
-    """The report of one run, as report.json holds it (the adapter's folder is added on save)."""
+    """The report of one run, as report.json holds it (the adapter's folder is added on save).
+
+    ``eval_rows`` are verify.py's: each prompt's answers, checks, verdict, margins and drift.
+    """
     base = patch.base
-    eval_rows = [
-        {
-            "line": item.line,
-            "prompt": item.prompt,
-            "kind": item.kind,
-            "expected": item.expected,
-            "topic": item.topic,
-            "tags": item.tags,
-            "before": answer_before,
-            "after": answer_after,
-            "fixed_before": is_fixed(answer_before, item.expected),
-            "fixed": is_fixed(answer_after, item.expected),
-            "changed": answer_after != answer_before,
-        }
-        for item, answer_before, answer_after in zip(items, before, after, strict=True)
-    ]
+    stopped_by = (
+        loop.epoch_checks[-1]["by_rule"]
+        if loop.stopped_reason == "all_flagged_fixed" and loop.epoch_checks
+        else None
+    )
     return {
         "model": {"path": str(base.path), "identity": base.identity},
         "precision": {
@@ -88,8 +80,10 @@ def build_report(
             "stopped_epoch": loop.stopped_epoch,
             "stopped_reason": loop.stopped_reason,
             "stopped_because": stop_explanation(
-                loop.stopped_reason, loop.stopped_epoch, flagged, config
+                loop.stopped_reason, loop.stopped_epoch, len(flagged), config, stopped_by
             ),
+            "stopped_by": stopped_by,
+            "drift_tolerance": config.drift_tolerance,
             "epoch_checks": loop.epoch_checks,
             "sft_warmup_epochs": config.sft_warmup_epochs,
             "sft_warmup_nll": warmup_nll,
@@ -124,14 +118,34 @@ def mitigation(config: TrainConfig) -> str:
     return ", then ".join(parts) if parts else "none (DPO alone)"
 
 
-def stop_explanation(reason: str, epoch: int, flagged: list[EvalItem], config: TrainConfig) -> str:
+RULE_WORDS = {
+    "checks": "by their checks",
+    "exact": "by matching their expected answer",
+    "preference": "by the preference check",
+}
+
+
+def stop_explanation(
+    reason: str,
+    epoch: int,
+    flagged: int,
+    config: TrainConfig,
+    stopped_by: dict[str, int] | None = None,
+) -> str:
+    """Why training stopped, in words; on an early stop, which rule each flagged prompt
+    passed by ("2 by their checks, 1 by the preference check")."""
     if reason == "all_flagged_fixed":
-        return f"all {len(flagged)} flagged prompts gave their expected answer after epoch {epoch}"
+        rules = ", ".join(
+            f"{count} {RULE_WORDS[rule]}" for rule, count in sorted((stopped_by or {}).items())
+        )
+        return f"all {flagged} flagged prompts passed after epoch {epoch}" + (
+            f" ({rules})" if rules else ""
+        )
     if not config.early_stop:
         return f"ran the full budget of {config.epochs} epochs (early stopping is off)"
     if not flagged:
         return (
-            f"ran the full budget of {config.epochs} epochs: no flagged eval prompt with an "
-            "expected answer to check"
+            f"ran the full budget of {config.epochs} epochs: no flagged eval prompt with "
+            "checks, an expected answer or a preference pair to check"
         )
     return f"ran the full budget of {config.epochs} epochs; not every flagged prompt was fixed"

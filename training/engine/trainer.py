@@ -36,7 +36,7 @@ from training.engine.data import (
 )
 from training.engine.distributed import Ranks, shard
 from training.engine.errors import Cancelled, EngineError
-from training.engine.evaluate import fit_to_context, generate_greedy, generate_greedy_ids, is_fixed
+from training.engine.evaluate import fit_to_context, generate_greedy, generate_greedy_ids
 from training.engine.logprobs import completion_logps_concat, pair_logps
 from training.engine.lora import Patch
 from training.engine.losses import preference_losses, reward_metrics
@@ -60,8 +60,20 @@ from training.engine.modeling import (
 )
 from training.engine.refcache import RefLogpCache
 from training.engine.report import build_report
+from training.engine.verify import Verification, prepare
 
 ProgressCallback = Callable[[dict[str, Any]], None]
+# The per-epoch figures metrics.json keeps (as "eval/<name>", one value an epoch).
+EPOCH_SERIES = (
+    "epoch",
+    "step",
+    "flagged_fixed",
+    "flagged",
+    "preferring",
+    "with_pair",
+    "within_tolerance",
+    "regression",
+)
 OUTPUT_FILES = ("adapter_config.json", "adapter_model.safetensors", "metrics.json", "report.json")
 
 
@@ -83,7 +95,7 @@ class LoopResult:
     """What the DPO loop hands to the report: its series and why it stopped."""
 
     metrics: dict[str, list[float]]  # per-step series, TRL names
-    epoch_checks: list[dict[str, Any]]  # flagged prompts fixed after each epoch
+    epoch_checks: list[dict[str, Any]]  # the eval figures after each epoch (verify.py)
     steps: int
     stopped_reason: str  # "all_flagged_fixed" | "epochs_done"
     stopped_epoch: int
@@ -151,14 +163,25 @@ def train(
         )
     _seed_everything(config.seed)
     tokenizer = base.tokenizer if base is not None else load_tokenizer(config.model)
-    encoded = encode_pairs(tokenizer, pairs, **_sequence_limits(config, base))
+    limits = _sequence_limits(config, base)
+    encoded = encode_pairs(tokenizer, pairs, **limits)
     plan = plan_job(config, encoded, items, tokenizer, base=base, processes=ranks.world)
     hooks.tick("plan", 0, 0, memory_plan=plan.to_dict())
     if base is None:
         base = load_base(config.model, quantize=config.quantize)
     patch = Patch(base, config)
     try:
-        return _train_patch(config, plan, patch, encoded, items, Path(out_dir), hooks)
+        return _train_patch(
+            config,
+            plan,
+            patch,
+            encoded,
+            items,
+            Path(out_dir),
+            hooks,
+            raw_pairs=pairs,
+            limits=limits,
+        )
     finally:
         patch.detach()
 
@@ -260,6 +283,9 @@ def _train_patch(
     items: list[EvalItem],
     out_dir: Path,
     hooks: ProgressHooks,
+    *,
+    raw_pairs: list[dict[str, Any]],
+    limits: dict[str, int | None],
 ) -> TrainResult:
     model, tokenizer = patch.model, patch.base.tokenizer
     pad_id = tokenizer.pad_token_id
@@ -275,18 +301,28 @@ def _train_patch(
     before_ids = _answer_ids(patch, items, config, plan, hooks, phase="eval_before")
     before = [tokenizer.decode(ids, skip_special_tokens=True) for ids in before_ids]
     regression = [
-        (item, ids)
-        for item, ids in zip(items, before_ids, strict=True)
+        (index, item, ids)
+        for index, (item, ids) in enumerate(zip(items, before_ids, strict=True))
         if item.kind == "regression" and ids
     ]
     retain_prompts, _ = fit_to_context(  # cut as they were for the answers
         patch.model,
-        [encode_prompt(tokenizer, item.prompt) for item, _ in regression],
+        [encode_prompt(tokenizer, item.prompt) for _, item, _ in regression],
         config.max_new_tokens,
     )
-    retain = [(prompt, ids) for prompt, (_, ids) in zip(retain_prompts, regression, strict=True)]
+    retain = [(prompt, ids) for prompt, (*_, ids) in zip(retain_prompts, regression, strict=True)]
+    # what the verdicts compare against: the reference's margins and pre-patch answers
+    verification = prepare(
+        patch=patch,
+        items=items,
+        raw_pairs=raw_pairs,
+        encoded_pairs=pairs,
+        retain={index: kept for (index, *_), kept in zip(regression, retain, strict=True)},
+        config=config,
+        batch_size=plan.micro_batch_size,
+        **limits,
+    )
     timings["eval_before_s"] = time.perf_counter() - started
-    flagged = [item for item in items if item.kind == "flagged" and item.expected is not None]
 
     # ---- the loop (after an optional SFT warm-up on the chosen answers)
     started = time.perf_counter()
@@ -296,7 +332,7 @@ def _train_patch(
     warmup_nll = _sft_warmup(config, plan, patch, pairs, optimizer, hooks)
     timings["sft_warmup_s"] = time.perf_counter() - started
     loop = _dpo_loop(
-        config, plan, patch, pairs, ref_chosen, ref_rejected, retain, flagged, optimizer, hooks
+        config, plan, patch, pairs, ref_chosen, ref_rejected, retain, verification, optimizer, hooks
     )
     timings["train_s"] = time.perf_counter() - started
 
@@ -305,6 +341,9 @@ def _train_patch(
     policy_chosen, policy_rejected = _policy_logps(config, plan, model, pairs, pad_id, hooks)
     after_ids = _answer_ids(patch, items, config, plan, hooks, phase="eval_after")
     after = [tokenizer.decode(ids, skip_special_tokens=True) for ids in after_ids]
+    eval_rows = verification.rows(
+        before, after, verification.margins(model), verification.drifts(model)
+    )
     timings["eval_after_s"] = time.perf_counter() - started
 
     if not hooks.ranks.is_main:  # rank 0 builds the report and writes the files; others wait
@@ -326,8 +365,7 @@ def _train_patch(
         patch=patch,
         pairs=pairs,
         items=items,
-        before=before,
-        after=after,
+        eval_rows=eval_rows,
         ref_chosen=ref_chosen,
         ref_rejected=ref_rejected,
         policy_chosen=policy_chosen,
@@ -336,7 +374,7 @@ def _train_patch(
         retain_examples=len(retain),
         warmup_nll=warmup_nll,
         loop=loop,
-        flagged=flagged,
+        flagged=verification.flagged,
         timings=timings,
         memory_plan=plan,
     )
@@ -368,12 +406,12 @@ def _dpo_loop(
     ref_chosen: torch.Tensor,
     ref_rejected: torch.Tensor,
     retain: list[tuple[list[int], list[int]]],
-    flagged: list[EvalItem],
+    verification: Verification,
     optimizer: torch.optim.Optimizer,
     hooks: ProgressHooks,
 ) -> LoopResult:
-    """DPO loss + SFT term + retain term, step by step; after every epoch, stop early once
-    every flagged prompt gives its expected answer (``epochs`` is a budget)."""
+    """DPO loss + SFT term + retain term, step by step; after every epoch, the eval figures,
+    and a stop once every flagged prompt passes its rule (``epochs`` is a budget)."""
     model, tokenizer = patch.model, patch.base.tokenizer
     pad_id = tokenizer.pad_token_id
     steps_per_epoch = math.ceil(len(pairs) / config.batch_size)
@@ -424,22 +462,20 @@ def _dpo_loop(
                 metrics.setdefault(name, []).append(value)
             hooks.tick("train", step, total_steps, epoch=epoch, metrics=step_metrics)
 
-        # end of epoch: are all flagged prompts fixed yet? (--epochs is a budget)
-        if config.early_stop and flagged:
-            answers = _sharded_greedy(model, tokenizer, flagged, config, plan, hooks.ranks)
-            fixed = sum(
-                bool(is_fixed(answer, item.expected))
-                for answer, item in zip(answers, flagged, strict=True)
-            )
-            epoch_checks.append({"epoch": epoch, "flagged_fixed": fixed, "flagged": len(flagged)})
-            hooks.tick(
-                "train",
-                step,
-                total_steps,
+        # end of epoch: does every flagged prompt pass yet? (--epochs is a budget)
+        if verification.flagged or verification.pairs or verification.retain:
+            figures = verification.check_epoch(
+                model,
+                lambda items: _sharded_greedy(model, tokenizer, items, config, plan, hooks.ranks),
                 epoch=epoch,
-                metrics={"flagged_fixed": fixed, "flagged": len(flagged)},
+                step=step,
             )
-            if fixed == len(flagged):
+            epoch_checks.append(figures)
+            numbers = {k: v for k, v in figures.items() if k in EPOCH_SERIES}
+            for name, value in numbers.items():
+                metrics.setdefault(f"eval/{name}", []).append(value)
+            hooks.tick("train", step, total_steps, epoch=epoch, metrics=numbers)
+            if config.early_stop and figures["all_flagged_pass"]:
                 stopped_reason, stopped_epoch = "all_flagged_fixed", epoch
                 break
     return LoopResult(
