@@ -4,7 +4,8 @@ The rule itself is checks.py's (pure, shared with the web app). This module meas
 needs from the model:
 
 - before training (the patch still off): each flagged and held-out prompt's preference pair
-  (its expected answer against its rejected one) and the reference's margin on it, and each
+  (a flagged prompt's training pair, else the eval line's expected answer against its
+  ``rejected`` one) and the reference's margin on it, and each
   regression prompt's pre-patch answer with its mean per-token log-prob;
 - after every epoch: the figures early stopping decides on (``check_epoch``);
 - after training: every row's verdict for report.json (``rows``).
@@ -268,7 +269,15 @@ def prepare(
     for index, item in enumerate(items):
         if item.kind == "regression":
             continue
-        if item.expected is not None and item.rejected is not None:
+        # a flagged prompt's own training pair (the chosen and rejected answers it was
+        # patched on), else the eval line's expected answer against its rejected one
+        trained = next(
+            (pair for pair in encoded_pairs if raw_pairs[pair.index]["prompt"] == item.prompt),
+            None,
+        )
+        if item.kind == "flagged" and trained is not None:
+            pairs[index] = trained
+        elif item.expected is not None and item.rejected is not None:
             raw = {"prompt": item.prompt, "chosen": item.expected, "rejected": item.rejected}
             try:
                 (pairs[index],) = encode_pairs(
@@ -280,13 +289,6 @@ def prepare(
                 )
             except EngineError:  # a prompt too long to weigh two answers: no preference check
                 continue
-        elif item.kind == "flagged":  # an older eval file: the training pair of the prompt
-            match = next(
-                (pair for pair in encoded_pairs if raw_pairs[pair.index]["prompt"] == item.prompt),
-                None,
-            )
-            if match is not None:
-                pairs[index] = match
     verification = Verification(
         items=items,
         pairs=pairs,
