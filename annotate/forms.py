@@ -11,8 +11,9 @@ from django.core import signing
 from django.template.defaultfilters import filesizeformat
 
 from accounts.roles import ANNOTATOR, CURATOR
-from annotate.field_rules import MAX_TEXT_CHARS
+from annotate.field_rules import MAX_TEXT_CHARS, InvalidValue, checks_cell, clean_check_items
 from annotate.models import Project, Split
+from training.engine.checks import FIELDS as CHECK_FIELDS
 
 _TICKET_SALT = "annotate.compare.ticket"
 PICKS = ("left", "right", "tie", "both_bad")
@@ -204,3 +205,35 @@ class AccountCreateForm(forms.Form):
                 f"An account named “{username}” exists; add it as a member above."
             )
         return username
+
+
+class CaseChecksForm(forms.Form):
+    """What a right answer to a case must and must not say: one phrase per line, or /regex/."""
+
+    must_include = forms.CharField(
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 4, "placeholder": "30 days\n/refund(s)?/"}),
+        help_text="One phrase per line; every one must appear in a right answer.",
+    )
+    must_not_include = forms.CharField(
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 3, "placeholder": "7 days"}),
+        help_text="One phrase per line; none may appear. /…/ is a regular expression.",
+    )
+
+    def _clean_checks(self, name: str) -> list[str]:
+        try:
+            return clean_check_items(name, checks_cell(name, self.cleaned_data[name]))
+        except InvalidValue as exc:
+            raise forms.ValidationError(str(exc)) from None
+
+    def clean_must_include(self) -> list[str]:
+        return self._clean_checks("must_include")
+
+    def clean_must_not_include(self) -> list[str]:
+        return self._clean_checks("must_not_include")
+
+    @classmethod
+    def for_case(cls, case, data=None) -> "CaseChecksForm":
+        initial = {name: "\n".join(getattr(case, name)) for name in CHECK_FIELDS}
+        return cls(data, initial=initial)

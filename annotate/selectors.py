@@ -16,6 +16,7 @@ The export rules (docs/export-rules.md) live in `preference_pairs`:
 
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from django.contrib.auth import get_user_model
@@ -37,6 +38,7 @@ from annotate.models import (
     Split,
 )
 from core import rows
+from training.engine.checks import Verdict, verdict
 
 EXPORT_CHUNK = 500
 
@@ -235,3 +237,28 @@ def comparison_in_project(*, project: Project, comparison_id: int) -> Comparison
         pk=comparison_id,
         project=project,
     )
+
+
+@dataclass(frozen=True)
+class CheckedAnswer:
+    """One of a case's answers and what its checks say of it (the case page's preview)."""
+
+    response: Response
+    verdict: Verdict
+
+
+def case_checked_answers(
+    *, case: Case, must_include: list[str], must_not_include: list[str]
+) -> list[CheckedAnswer]:
+    """Every answer the case has (the deployed one, corrections, candidates, round answers),
+    oldest first, with the verdict of these checks on it (checks.py's rule)."""
+    responses = Response.objects.filter(case=case).select_related("created_by").order_by("id")
+    return [
+        CheckedAnswer(
+            response=response,
+            verdict=verdict(
+                response.text, must_include=must_include, must_not_include=must_not_include
+            ),
+        )
+        for response in responses
+    ]

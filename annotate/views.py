@@ -13,7 +13,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.http import HttpResponse, HttpResponseBadRequest
-from django.shortcuts import redirect, render
+from django.shortcuts import get_object_or_404, redirect, render
 from django.template.defaultfilters import pluralize
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django.views.decorators.vary import vary_on_headers
@@ -23,6 +23,7 @@ from annotate import reports, selectors, services
 from annotate.field_rules import MAX_TEXT_CHARS
 from annotate.forms import (
     AccountCreateForm,
+    CaseChecksForm,
     CaseFilterForm,
     CaseUploadForm,
     JudgeForm,
@@ -35,7 +36,7 @@ from annotate.forms import (
     side_for,
 )
 from annotate.importing import ImportRejected
-from annotate.models import Choice, Comparison, Judgment, Project, Response
+from annotate.models import Case, Choice, Comparison, Judgment, Project, Response
 from core.http import HtmxHttpRequest, page_or_partial
 
 CASES_PER_PAGE = 25
@@ -354,3 +355,63 @@ def project_team(request: HtmxHttpRequest, slug: str) -> HttpResponse:
     if created:
         response["Cache-Control"] = "no-store"  # the password is shown once, and kept nowhere
     return response
+
+
+def _case_page(
+    request: HtmxHttpRequest,
+    project: Project,
+    case: Case,
+    form: CaseChecksForm,
+    *,
+    status: int = 200,
+    template: str = "annotate/case_detail.html",
+) -> HttpResponse:
+    """The case page, with the checks' preview on the case's answers (the form's checks once
+    they are valid, else the saved ones)."""
+    checks = (
+        {name: form.cleaned_data[name] for name in ("must_include", "must_not_include")}
+        if form.is_bound and form.is_valid()
+        else {"must_include": case.must_include, "must_not_include": case.must_not_include}
+    )
+    context = {
+        "project": project,
+        "case": case,
+        "form": form,
+        "answers": selectors.case_checked_answers(case=case, **checks),
+        "checks": checks,
+        "previewing": form.is_bound,
+    }
+    return render(request, template, context, status=status)
+
+
+@curator_required
+@require_http_methods(["GET", "POST"])
+def case_detail(request: HtmxHttpRequest, slug: str, case_id: int) -> HttpResponse:
+    """A case, its answers, and the checks a right answer must pass (curators write them)."""
+    project = selectors.project_for_user(slug=slug, user=request.user)
+    case = get_object_or_404(Case, pk=case_id, project=project)
+    form = CaseChecksForm.for_case(case, request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            services.case_set_checks(case=case, actor=request.user, **form.cleaned_data)
+        except ValidationError as exc:
+            for field, errors in exc.message_dict.items():
+                form.add_error(field, errors)
+        else:
+            messages.success(request, f"Checks of case #{case.pk} saved.")
+            return redirect("case_detail", slug=project.slug, case_id=case.pk)
+    return _case_page(request, project, case, form, status=400 if request.method == "POST" else 200)
+
+
+@curator_required
+@require_POST
+@vary_on_headers("HX-Request")
+def case_checks_preview(request: HtmxHttpRequest, slug: str, case_id: int) -> HttpResponse:
+    """The checks as typed, run on the case's answers; nothing is saved."""
+    project = selectors.project_for_user(slug=slug, user=request.user)
+    case = get_object_or_404(Case, pk=case_id, project=project)
+    form = CaseChecksForm.for_case(case, request.POST)
+    template = page_or_partial(request, "annotate/case_detail.html", "preview")
+    # htmx swaps only 2xx answers: the fragment names a bad regex itself, in place
+    status = 200 if form.is_valid() or template.endswith("#preview") else 400
+    return _case_page(request, project, case, form, status=status, template=template)

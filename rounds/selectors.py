@@ -18,6 +18,7 @@ from annotate.models import Case, Choice, Judgment, Project, Split
 from rounds import winrate
 from rounds.models import GenerationRequest, Round, RoundAnswer
 from rounds.winrate import WinRate
+from training.engine.checks import has_checks, verdict
 
 
 class SelectionError(Exception):
@@ -91,7 +92,7 @@ def _answers(current: Round) -> list[RoundAnswer]:
     judgments = Judgment.objects.order_by("id")
     return list(
         RoundAnswer.objects.filter(round=current)
-        .select_related("case", "comparison")
+        .select_related("case", "response", "comparison")
         .prefetch_related(Prefetch("comparison__judgments", queryset=judgments))
         .order_by("case_id")
     )
@@ -111,10 +112,21 @@ def round_outcomes(*, current: Round, answers: list[RoundAnswer] | None = None) 
 
 
 def still_failing_cases(*, current: Round, answers: list[RoundAnswer] | None = None) -> list[Case]:
-    """Cases whose new answer was judged worse than the previous one or both bad, by a majority
+    """Cases whose new answer fails the case's checks (the job report's rule, checks.py), or,
+    for a case without checks, was judged worse than the previous one or both bad by a majority
     of the judgments so far (a case nobody has judged yet is not counted)."""
     failing = []
     for answer in _answers(current) if answers is None else answers:
+        case = answer.case
+        if has_checks(case.must_include, case.must_not_include):
+            check = verdict(
+                answer.response.text,
+                must_include=case.must_include,
+                must_not_include=case.must_not_include,
+            )
+            if not check.passed:
+                failing.append(case)
+            continue
         if answer.comparison is None:
             continue
         judgments = list(answer.comparison.judgments.all())
@@ -158,7 +170,9 @@ def _fixed_from_report(job: Any) -> dict[str, dict[str, int]]:
     for kind in ("flagged", "heldout"):
         counts = summary.get(kind)
         if counts:
-            total = counts.get("with_expected", counts.get("total", 0))
+            # with_rule: rows with checks, an expected answer or a pair (older reports:
+            # with_expected)
+            total = counts.get("with_rule", counts.get("with_expected", counts.get("total", 0)))
             fixed[kind] = {"fixed": counts.get("fixed", 0), "total": total}
     if "regression" in summary:
         counts = summary["regression"]

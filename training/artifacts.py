@@ -190,7 +190,9 @@ METRIC_KEYS = (
 def _verdict(row: dict[str, Any]) -> str:
     """A regression prompt is judged by whether its answer changed, the others by fixed."""
     if row.get("kind") == "regression":
-        return "changed" if row.get("changed") else "unchanged"
+        if row.get("changed"):
+            return "changed"
+        return "identical" if row.get("identical", True) else "within tolerance"
     return {True: "fixed", False: "not fixed"}.get(row.get("fixed"), "-")
 
 
@@ -210,6 +212,16 @@ def _precision_lines(report: dict[str, Any]) -> list[str]:
             "4-bit base."
         )
     return lines
+
+
+def _rule(row: dict[str, Any]) -> str:
+    """The rule the verdict followed, in words (report.json's ``rule``; older reports had
+    exact match only)."""
+    if row.get("rule"):
+        return str(row["rule"])
+    if row.get("kind") == "regression":
+        return "unchanged: the same answer"
+    return "equals the expected answer" if row.get("expected") is not None else "no rule"
 
 
 def model_card(
@@ -276,14 +288,41 @@ def model_card(
     lines += ["", "## Evaluation (greedy answers before and after the patch)", ""]
     for kind, counts in summary.items():
         if kind == "regression":
-            lines.append(f"- {kind}: {counts['unchanged']}/{counts['total']} unchanged")
+            total = counts["total"]
+            identical = counts.get("identical", counts["unchanged"])
+            lines.append(
+                f"- {kind}: {identical}/{total} identical, "
+                f"{counts['unchanged']}/{total} within tolerance"
+            )
         else:
             lines.append(f"- {kind_label(kind)}: {counts['fixed']}/{counts['total']} fixed")
-    lines += ["", "| kind | prompt | before | after | verdict |", "|---|---|---|---|---|"]
+        if counts.get("with_pair"):
+            lines.append(
+                f"  - prefer the good answer: {counts['preferring']}/{counts['with_pair']} "
+                "(log-prob margin chosen − rejected positive and above the deployed model's)"
+            )
+    tolerance = training.get("drift_tolerance")
+    lines += [
+        "",
+        "How a verdict is decided: a prompt with checks is fixed when its answer contains "
+        "every phrase it must include and none it must not (case, Unicode forms and spacing "
+        "aside; `/…/` is a regular expression); without checks, when it equals the expected "
+        "answer; with neither, when the patch prefers its chosen answer over the rejected one "
+        "by a positive margin, larger than the deployed model's. A regression prompt is "
+        "changed only when its answer differs and fails its checks, or (without checks) its "
+        "pre-patch answer's mean log-prob per token moved by more than "
+        + (f"{tolerance:g} nats" if tolerance is not None else "the tolerance")
+        + ". Each row's rule is written beside it.",
+    ]
+    lines += [
+        "",
+        "| kind | prompt | before | after | verdict | rule |",
+        "|---|---|---|---|---|---|",
+    ]
     for row in report.get("eval", []):
         lines.append(
             f"| {kind_label(row['kind'])} | {_cell(row['prompt'])} | {_cell(row['before'])} | "
-            f"{_cell(row['after'])} | {_verdict(row)} |"
+            f"{_cell(row['after'])} | {_verdict(row)} | {_cell(_rule(row))} |"
         )
     stacked = report.get("stacked_on_adapter") or {}
     if stacked.get("combined"):

@@ -120,9 +120,20 @@ CHARTS = (
 )
 
 
+# After each epoch (runner.epoch_point): the shares that early stopping and the report read.
+EPOCH_CHARTS = (
+    ("eval/flagged_fixed", "flagged passing (share)", "#1d8a4e"),
+    ("eval/preferring", "prefer the good answer (share)", "#2f5bd3"),
+    ("eval/within_tolerance", "regression within tolerance (share)", "#b7791f"),
+)
+
+
 def job_charts(series: Sequence[dict[str, Any]]) -> SafeString:
+    """The per-step training charts, then the per-epoch eval figures that were measured."""
+    charts = list(CHARTS)
+    charts += [chart for chart in EPOCH_CHARTS if any(chart[0] in row for row in series)]
     return format_html_join(
         "",
         "{}",
-        ((line_chart(series, key, title=title, colour=colour),) for key, title, colour in CHARTS),
+        ((line_chart(series, key, title=title, colour=colour),) for key, title, colour in charts),
     )

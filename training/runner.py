@@ -31,6 +31,23 @@ SERIES_KEYS = (
     "rewards/rejected",
 )
 
+# The engine's per-epoch figures (count, out of) that the job page charts as shares.
+EPOCH_SHARES = {
+    "eval/flagged_fixed": ("flagged_fixed", "flagged"),
+    "eval/preferring": ("preferring", "with_pair"),
+    "eval/within_tolerance": ("within_tolerance", "regression"),
+}
+
+
+def epoch_point(figures: dict[str, Any]) -> dict[str, Any]:
+    """One chart row of an epoch's figures: {"step", "eval/...": share} for those measured."""
+    point: dict[str, Any] = {"step": figures.get("step"), "epoch": figures.get("epoch")}
+    for key, (count, total) in EPOCH_SHARES.items():
+        if figures.get(total):
+            point[key] = figures.get(count, 0) / figures[total]
+    return point
+
+
 # Where each engine phase sits on the job's progress bar (start, end), in percent.
 PHASE_SPAN = {
     "plan": (0, 1),
@@ -76,6 +93,8 @@ class Progress:
             self.latest = {**self.latest, **point}
         if phase == "train" and "flagged_fixed" in metrics:
             self.latest = {**self.latest, "flagged_fixed": metrics["flagged_fixed"]}
+        if phase == "train" and "within_tolerance" in metrics:  # an epoch's eval figures
+            self.series.append(epoch_point(metrics))
         if phase == "train" and self.train_started is None:
             self.train_started = (time.monotonic(), step)
         self.state = {"phase": phase, "step": step, "total": total, "epoch": event.get("epoch")}
@@ -198,6 +217,13 @@ def _series_from_metrics_file(path: Path) -> list[dict[str, Any]]:
             if isinstance(values, list) and index < len(values):
                 row[key] = values[index]
         rows.append(row)
+    epochs = {  # metrics.json's per-epoch figures ("eval/<name>", one value an epoch)
+        key[len("eval/") :]: values
+        for key, values in columns.items()
+        if key.startswith("eval/") and isinstance(values, list)
+    }
+    for index in range(len(epochs.get("step", []))):
+        rows.append(epoch_point({name: values[index] for name, values in epochs.items()}))
     return rows
 
 

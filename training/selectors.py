@@ -141,14 +141,51 @@ class ReportView:
     stopped_because: str = ""
     mitigation: str = ""  # SFT term, SFT warm-up, both or neither: what kept the good answer likely
     regression_coverage: dict[str, Any] = field(default_factory=dict)
+    regression_statuses: dict[str, int] = field(default_factory=dict)  # status -> rows
+    regression_filter: str = ""  # the status the regression table shows ("" = all)
+    drift_tolerance: float | None = None
+    preferring: dict[str, int] = field(default_factory=dict)  # {"preferring", "with_pair"}
 
 
-def report_view(job: TrainingJob) -> ReportView | None:
+REGRESSION_STATUSES = ("identical", "within tolerance", "changed")
+
+
+def regression_status(row: dict[str, Any]) -> str:
+    """identical / within tolerance / changed; an older report (no drift) has only identical
+    and changed."""
+    if row.get("changed"):
+        return "changed"
+    identical = row.get("identical")
+    if identical is None:  # before drift was measured: unchanged meant the same answer
+        return "identical"
+    return "identical" if identical else "within tolerance"
+
+
+ROW_DEFAULTS = {  # keys an older report's rows lack (exact match was the only rule)
+    "verdict": None,
+    "rule": "",
+    "drift": None,
+    "margin_ref": None,
+    "margin_policy": None,
+    "prefers": None,
+    "status": "",
+}
+
+
+def _row_for_page(row: dict[str, Any]) -> dict[str, Any]:
+    row = ROW_DEFAULTS | row
+    if not row["rule"] and row.get("kind") != "regression" and row.get("expected") is not None:
+        row["rule"] = "equals the expected answer"
+    return row
+
+
+def report_view(job: TrainingJob, *, regression_filter: str = "") -> ReportView | None:
+    """``regression_filter``: one of REGRESSION_STATUSES to show only those regression rows."""
     report = job.report
     if not report:
         return None
     view = ReportView()
-    rows = report.get("eval") or []
+    rows = [_row_for_page(row) for row in report.get("eval") or []]
     counts = report.get("summary") or {}
     view.counts = counts
     flagged = counts.get("flagged")
@@ -167,21 +204,45 @@ def report_view(job: TrainingJob) -> ReportView | None:
         else:
             view.good_news.append(f"All {flagged['total']} flagged prompts are fixed.")
     else:
-        view.warnings.append("No flagged prompt had an expected answer, so no fix was checked.")
+        view.warnings.append(
+            "No flagged prompt had checks, an expected answer or a preference pair, so no fix "
+            "was checked."
+        )
+    regression_rows = [row for row in rows if row.get("kind") == "regression"]
+    statuses = [regression_status(row) for row in regression_rows]
+    view.regression_statuses = {status: statuses.count(status) for status in REGRESSION_STATUSES}
     if regression and regression["changed"]:
         view.warnings.append(
             f"This patch changed {regression['changed']} of {regression['total']} regression "
             "prompts that must not change: check them below before shipping it."
         )
     elif regression:
-        view.good_news.append(f"All {regression['total']} regression prompts are unchanged.")
+        identical = view.regression_statuses["identical"]
+        view.good_news.append(
+            f"All {regression['total']} regression prompts are within tolerance "
+            f"({identical} of them identical)."
+        )
     else:
         view.warnings.append("The project has no regression prompts: side effects are unchecked.")
-    if heldout and heldout.get("with_expected"):
-        view.heldout_rate = heldout["fixed"] / heldout["with_expected"]
+    with_rule = (heldout or {}).get("with_rule", (heldout or {}).get("with_expected"))
+    if heldout and with_rule:
+        view.heldout_rate = heldout["fixed"] / with_rule
+    view.preferring = {
+        "preferring": sum(c.get("preferring", 0) for c in counts.values()),
+        "with_pair": sum(c.get("with_pair", 0) for c in counts.values()),
+    }
+    view.regression_filter = regression_filter if regression_filter in REGRESSION_STATUSES else ""
     for kind in ("flagged", "heldout", "regression"):
         of_kind = [row for row in rows if row.get("kind") == kind]
-        if of_kind:
+        if kind == "regression":
+            of_kind = [
+                row | {"status": status}
+                for row, status in zip(of_kind, statuses, strict=True)
+                if not view.regression_filter or status == view.regression_filter
+            ]
+            if regression_rows:
+                view.rows_by_kind.append((kind, of_kind))
+        elif of_kind:
             view.rows_by_kind.append((kind, of_kind))
     beta = float((job.config or {}).get("beta") or 0.1)
     pairs = (job.data_snapshot or {}).get("pairs") or []
@@ -203,4 +264,5 @@ def report_view(job: TrainingJob) -> ReportView | None:
     view.stopped_because = (report.get("training") or {}).get("stopped_because", "")
     view.mitigation = (report.get("training") or {}).get("mitigation", "")
     view.regression_coverage = report.get("regression_coverage") or {}
+    view.drift_tolerance = (report.get("training") or {}).get("drift_tolerance")
     return view

@@ -58,7 +58,7 @@ def job_detail(request: HtmxHttpRequest, job_id: int) -> HttpResponse:
     context = {
         "job": job,
         "charts": charts.job_charts(job.metrics_series),
-        "report": selectors.report_view(job),
+        "report": selectors.report_view(job, regression_filter=request.GET.get("regression", "")),
         "memory_plan": selectors.job_memory_plan(job),
     }
     return render(request, page_or_partial(request, "training/job_detail.html", "live"), context)

@@ -208,7 +208,8 @@ def test_download_is_a_zip_with_adapter_and_model_card(curator_client, finished_
     assert finished_job.data_sha256 in card
     assert "--enable-lora --lora-modules shop-job" in card
     assert "PeftModel.from_pretrained" in card
-    assert "| flagged | Return Ridge hiking boots? | 7 days. | 7 days. | not fixed |" in card
+    row = "| flagged | Return Ridge hiking boots? | 7 days. | 7 days. | not fixed |"
+    assert f"{row} equals the expected answer |" in card  # an older report: exact match
     # A regression prompt is unchanged or changed, never "fixed".
     assert "| regression | Cedar tent warranty? | 5 years. | 2 years. | changed |" in card
     # Whoever unzips it can read every file (the worker's umask is not theirs).

@@ -3,6 +3,7 @@ from typing import Any
 from django import template
 
 from annotate.models import kind_label as _kind_label
+from annotate.templatetags.annotate_tags import highlight_hits
 
 register = template.Library()
 
@@ -39,3 +40,14 @@ def percent(value: float | None) -> str:
 def kind_label(kind: str) -> str:
     """ "heldout" reads "held-out" (annotate.models.kind_label)."""
     return _kind_label(kind)
+
+
+register.filter("highlight_hits", highlight_hits)  # the case page's too (annotate_tags)
+
+
+@register.filter
+def signed(value: Any) -> str:
+    """A margin or drift with its sign: +4.21, −0.03."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return "–"
+    return f"{value:+.2f}".replace("-", "−")
