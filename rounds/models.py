@@ -11,22 +11,9 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
-from training.liveness import ShownStatus, generation_stopped_error
+from training.liveness import RowStatus, ShownStatus, generation_stopped_error
 
-
-class GenerationStatus(models.TextChoices):
-    QUEUED = "queued", "Queued"
-    RUNNING = "running", "Running"
-    SUCCEEDED = "succeeded", "Succeeded"
-    FAILED = "failed", "Failed"
-    CANCELLED = "cancelled", "Cancelled"
-
-
-FINISHED_STATUSES = (
-    GenerationStatus.SUCCEEDED,
-    GenerationStatus.FAILED,
-    GenerationStatus.CANCELLED,
-)
+GenerationStatus = RowStatus  # the life of a training job's row too (training.lifecycle)
 
 
 class Purpose(models.TextChoices):
@@ -109,10 +96,6 @@ class GenerationRequest(ShownStatus, models.Model):
     # The reaper's words when its worker is gone.
     stopped_error = staticmethod(generation_stopped_error)
     terse_causes = True
-
-    @property
-    def is_finished(self) -> bool:
-        return self.status in FINISHED_STATUSES
 
     @property
     def progress_percent(self) -> int:

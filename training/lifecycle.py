@@ -35,19 +35,17 @@ from django.utils import timezone
 
 from accounts.services import audit_record
 from training import dispatch
-from training.liveness import silent_worker, stale_after_seconds
+from training.liveness import RowStatus, silent_worker, stale_after_seconds
 
 logger = logging.getLogger(__name__)
 
 Row = TypeVar("Row", bound=models.Model)
 
-# The statuses both kinds share (training.models.JobStatus, rounds.models.GenerationStatus).
-QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
-    "queued",
-    "running",
-    "succeeded",
-    "failed",
-    "cancelled",
+QUEUED, RUNNING, FAILED, CANCELLED = (
+    RowStatus.QUEUED,
+    RowStatus.RUNNING,
+    RowStatus.FAILED,
+    RowStatus.CANCELLED,
 )
 CANCEL_CHECK_EVERY_S = 0.5  # how often a worker reads the cancel flag at most
 

@@ -13,9 +13,23 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
+from django.db import models
 from django.utils import timezone
 
 LOST = "lost"
+
+
+class RowStatus(models.TextChoices):
+    """The states of a worker row, the same for a training job and a generation request."""
+
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+FINISHED_STATUSES = (RowStatus.SUCCEEDED, RowStatus.FAILED, RowStatus.CANCELLED)
 
 
 def stale_after_seconds() -> float:
@@ -72,6 +86,10 @@ class ShownStatus:
     @staticmethod
     def stopped_error(reason: str) -> str:
         raise NotImplementedError
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in FINISHED_STATUSES
 
     @property
     def lost_error(self) -> str:

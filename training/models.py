@@ -7,18 +7,9 @@ row); this module only says what a job holds.
 from django.conf import settings
 from django.db import models
 
-from training.liveness import ShownStatus, job_stopped_error
+from training.liveness import RowStatus, ShownStatus, job_stopped_error
 
-
-class JobStatus(models.TextChoices):
-    QUEUED = "queued", "Queued"
-    RUNNING = "running", "Running"
-    SUCCEEDED = "succeeded", "Succeeded"
-    FAILED = "failed", "Failed"
-    CANCELLED = "cancelled", "Cancelled"
-
-
-FINISHED_STATUSES = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+JobStatus = RowStatus  # queued -> running -> succeeded | failed | cancelled (training.lifecycle)
 
 
 class TrainingJob(ShownStatus, models.Model):
@@ -76,10 +67,6 @@ class TrainingJob(ShownStatus, models.Model):
 
     # The reaper's words when its worker is gone.
     stopped_error = staticmethod(job_stopped_error)
-
-    @property
-    def is_finished(self) -> bool:
-        return self.status in FINISHED_STATUSES
 
     @property
     def duration_seconds(self) -> float | None:
