@@ -370,3 +370,21 @@ def test_a_job_stacked_on_a_deployed_adapter_samples_from_both_combined(
                                          "combined_refused": "adapter sets use_dora"}}  # fmt: skip
     with pytest.raises(services.GenerationRefused, match=r"into one adapter.*use_dora"):
         services.job_adapter_path(job)
+
+
+def test_the_generation_page_answers_htmx_with_its_fragment_and_a_history_restore_whole(
+    curator, curator_client, base_model
+):
+    from django.urls import reverse
+
+    project = make_flagged_project(flagged=1, heldout=0)
+    generation = services.generation_create(
+        project=project, actor=curator.user, cases=list(project.cases.all())
+    )
+    url = reverse("rounds:generation_detail", args=[generation.pk])
+    page = curator_client.get(url).content
+    fragment = curator_client.get(url, headers={"HX-Request": "true"}).content
+    restored = curator_client.get(  # the back button after htmx's history cache missed
+        url, headers={"HX-Request": "true", "HX-History-Restore-Request": "true"}
+    ).content
+    assert b"<html" in page and b"<html" not in fragment and b"<html" in restored

@@ -185,6 +185,11 @@ def test_finished_job_page_says_plainly_when_the_patch_is_bad(curator_client, fi
         reverse("training:job_detail", args=[finished_job.pk]), headers={"HX-Request": "true"}
     )
     assert b"<html" not in fragment.content and b'id="job-live"' in fragment.content
+    restored = curator_client.get(  # the back button after htmx's history cache missed
+        reverse("training:job_detail", args=[finished_job.pk]),
+        headers={"HX-Request": "true", "HX-History-Restore-Request": "true"},
+    )
+    assert b"<html" in restored.content and b'id="job-live"' in restored.content
 
 
 def test_job_list_shows_status_and_duration_in_few_queries(
