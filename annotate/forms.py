@@ -91,6 +91,12 @@ class JudgeForm(forms.Form):
         return self.cleaned_data["edited"].strip()
 
 
+RESTRICTED_HELP = (
+    "Only its members (annotators and curators alike) and staff see it; manage them on the "
+    "Team page."
+)
+
+
 class ProjectCreateForm(forms.Form):
     name = forms.CharField(max_length=200)
     slug = forms.SlugField(max_length=100, help_text="Used in URLs and the API: letters, digits, -")
@@ -100,9 +106,7 @@ class ProjectCreateForm(forms.Form):
     overlap = forms.IntegerField(
         min_value=1, max_value=20, initial=1, help_text="How many annotators judge each pair."
     )
-    restricted = forms.BooleanField(
-        required=False, help_text="Only the members chosen in the settings may label it."
-    )
+    restricted = forms.BooleanField(required=False, help_text=RESTRICTED_HELP)
 
     def clean_slug(self) -> str:
         slug = self.cleaned_data["slug"]
@@ -124,7 +128,8 @@ class ProjectSettingsForm(forms.ModelForm):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.fields["members"].queryset = get_user_model().objects.filter(is_active=True)
-        self.fields["members"].help_text = "Who may label this project when it is restricted."
+        self.fields["members"].help_text = "Who may see this project when it is restricted."
+        self.fields["restricted"].help_text = RESTRICTED_HELP
 
 
 class CaseUploadForm(forms.Form):

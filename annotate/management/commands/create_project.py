@@ -15,7 +15,9 @@ class Command(BaseCommand):
             "--overlap", type=int, default=1, help="distinct annotators per comparison (default 1)"
         )
         parser.add_argument(
-            "--restricted", action="store_true", help="only members and curators may label"
+            "--restricted",
+            action="store_true",
+            help="visible only to its members and staff (add them with add_member)",
         )
 
     def handle(self, *args, slug, name, overlap, restricted, **options):
