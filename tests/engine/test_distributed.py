@@ -220,3 +220,24 @@ def test_shards_are_strided_and_gather_back_in_order():
     for rank, piece in enumerate(shards):
         whole[rank::3] = piece
     assert whole == items
+
+
+def test_a_rank_whose_parent_is_pid_1_keeps_running():
+    """In a container the worker (the launcher's parent) may be PID 1: the check that the
+    parent has not died already must not take that for a dead parent."""
+    if subprocess.run(["unshare", "--pid", "--fork", "true"], capture_output=True).returncode:
+        pytest.skip("no PID namespace here (unshare needs privileges)")
+    script = (
+        "import os; from training.engine.distributed import die_with_parent; "
+        "assert os.getppid() == 1; die_with_parent(); print('alive')"
+    )
+    # sh is PID 1 of a new PID namespace and Python its child, as under a container's command
+    ran = subprocess.run(
+        ["unshare", "--pid", "--fork", "sh", "-c", f'"{sys.executable}" -c "{script}"'],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert ran.returncode == 0 and "alive" in ran.stdout, ran.stderr

@@ -111,12 +111,15 @@ def current() -> Ranks:
 def die_with_parent() -> None:
     """Ask Linux to end this rank when torchrun (its parent) ends, however it ends: a torchrun
     killed by SIGKILL cannot stop its ranks, and an orphan rank would hold its GPU forever."""
+    parent = os.getppid()
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
     except (OSError, AttributeError):  # not Linux: torchrun's own shutdown is all there is
         return
-    if os.getppid() == 1:  # the parent died before the request took hold
+    # The parent died before the request took hold (not "the parent is PID 1": in a container
+    # the worker may well be PID 1 itself).
+    if os.getppid() != parent:
         os._exit(1)
 
 
