@@ -200,3 +200,17 @@ def test_refusal_is_one_line_with_what_would_fit() -> None:
     assert "\n" not in message
     assert "80.0 GiB is there (GPU free memory)" in message
     assert "--quantize 4bit" in message and "2 such GPUs" in message
+
+
+def test_a_config_json_without_the_shape_trains_as_before(tmp_path) -> None:
+    """No estimate, the caller's choices (else whole batches): the plan never blocks a model
+    whose config.json names its sizes otherwise."""
+    from training.engine.memory import MemoryPlan
+
+    with pytest.raises(EngineError, match="cannot plan memory"):
+        ModelShape.from_config({"model_type": "exotic", "vocab_size": 10})
+    plan = MemoryPlan.without_estimate(
+        "config.json has none of hidden_size", _workload(), "auto", None
+    )
+    assert (plan.micro_batch_size, plan.gradient_checkpointing, plan.fits) == (8, False, True)
+    assert plan.summary().startswith("no memory estimate (config.json has none of hidden_size)")

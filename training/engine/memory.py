@@ -159,6 +159,29 @@ class MemoryPlan:
     available_source: str  # "--max-memory", "GPU free memory", "available RAM", "unknown"
     fits: bool
     breakdown: dict[str, int] = field(default_factory=dict)
+    unplanned: str | None = None  # why there is no estimate (config.json lacks the shape)
+
+    @classmethod
+    def without_estimate(
+        cls,
+        reason: str,
+        workload: Workload,
+        micro_batch_size: int | str,
+        checkpointing: bool | None,
+    ) -> MemoryPlan:
+        """The caller's choices (else the whole batch, no checkpointing) when the model's shape
+        cannot be read: the job runs as it would have before the plan existed."""
+        micro = workload.batch_size if micro_batch_size == "auto" else int(micro_batch_size)
+        return cls(
+            micro_batch_size=min(micro, workload.batch_size),
+            gradient_checkpointing=bool(checkpointing),
+            quantize=workload.quantize,
+            estimate_bytes=0,
+            available_bytes=None,
+            available_source="unknown",
+            fits=True,
+            unplanned=reason,
+        )
 
     @property
     def estimate_gib(self) -> float:
@@ -167,7 +190,9 @@ class MemoryPlan:
     def summary(self) -> str:
         """One line: 'needs about 19.2 GiB of 79.1 GiB (GPU free memory): fits, ...'."""
         needs = f"needs about {self.estimate_gib:.1f} GiB"
-        if self.available_bytes is not None:
+        if self.unplanned:
+            needs = f"no memory estimate ({self.unplanned})"
+        elif self.available_bytes is not None:
             needs += f" of {self.available_bytes / GIB:.1f} GiB ({self.available_source})"
             needs += ": fits" if self.fits else ": does not fit"
         how = f"micro-batch {self.micro_batch_size}"

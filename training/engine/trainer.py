@@ -234,8 +234,14 @@ def plan_job(
         available, source = available_memory()
         if available is not None and base is not None:  # its weights count as the job's
             available += sum(p.numel() * p.element_size() for p in base.model.parameters())
+    try:
+        shape = ModelShape.from_folder(config.model)
+    except EngineError as error:  # an architecture whose config.json names things otherwise
+        return MemoryPlan.without_estimate(
+            str(error), workload, config.micro_batch_size, config.gradient_checkpointing
+        )
     return plan_memory(
-        ModelShape.from_folder(config.model),
+        shape,
         workload,
         micro_batch_size=config.micro_batch_size,
         gradient_checkpointing=config.gradient_checkpointing,
