@@ -44,25 +44,37 @@ class LaunchForm(forms.Form):
     lora_r = forms.IntegerField(
         min_value=1, max_value=512, initial=_DEFAULTS.lora_r, label="LoRA rank"
     )
+    gpus = forms.IntegerField(
+        required=False,
+        min_value=1,
+        initial=1,
+        label="GPUs",
+        help_text="GPUs of the worker's node to train on; above 1, each step's pairs are split "
+        "across them (faster; each GPU still holds the whole model).",
+    )
 
-    ADVANCED = ("beta", "loss", "sft_weight", "sft_warmup_epochs", "lr", "lora_r")
+    ADVANCED = ("beta", "loss", "sft_weight", "sft_warmup_epochs", "lr", "lora_r", "gpus")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fields["model"].initial = settings.PATCHWISE_BASE_MODEL
+        if settings.PATCHWISE_WORKER_GPUS > 1:  # more is refused at launch, saying why
+            self.fields["gpus"].widget.attrs["max"] = settings.PATCHWISE_WORKER_GPUS
+        else:  # a one-GPU worker: nothing to choose
+            del self.fields["gpus"]
 
     def basic_fields(self) -> list[forms.BoundField]:
         return [self[name] for name in self.fields if name not in self.ADVANCED]
 
     def advanced_fields(self) -> list[forms.BoundField]:
-        return [self[name] for name in self.ADVANCED]
+        return [self[name] for name in self.ADVANCED if name in self.fields]
 
     def to_config(self) -> dict[str, Any]:
         data = self.cleaned_data
         config = {
             name: data[name]
             for name in ("model", "epochs", *self.ADVANCED)
-            if data[name] is not None
+            if data.get(name) is not None
         }
         if data.get("adapter"):
             config["adapter"] = data["adapter"]

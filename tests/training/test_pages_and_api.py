@@ -170,6 +170,25 @@ def test_launch_form_queues_a_job_and_opens_its_page(curator_client, project, mo
     assert "Queued waiting for a GPU worker" in words
 
 
+def test_launch_form_offers_the_gpus_of_the_workers_node(curator_client, project, model_folder,
+                                                         settings):  # fmt: skip
+    url = reverse("training:project_jobs", args=["shop"])
+    assert 'name="gpus"' not in curator_client.get(url).content.decode()  # one-GPU workers
+
+    settings.PATCHWISE_WORKER_GPUS = 4
+    assert 'name="gpus"' in curator_client.get(url).content.decode()
+    response = curator_client.post(url, {"model": str(model_folder), "epochs": 2, "beta": 0.1,
+                                         "loss": "sigmoid", "sft_weight": 1, "lr": 0.001,
+                                         "lora_r": 16, "gpus": 4})  # fmt: skip
+    assert response.status_code == 302
+    assert TrainingJob.objects.get().config["gpus"] == 4
+    refused = curator_client.post(url, {"model": str(model_folder), "epochs": 2, "beta": 0.1,
+                                        "loss": "sigmoid", "sft_weight": 1, "lr": 0.001,
+                                        "lora_r": 16, "gpus": 5})  # fmt: skip
+    assert refused.status_code == 400 and TrainingJob.objects.count() == 1
+    assert "&#x27;gpus&#x27; is 5 but a gpu worker has 4" in refused.content.decode()
+
+
 def test_finished_job_page_says_plainly_when_the_patch_is_bad(curator_client, finished_job):
     page = curator_client.get(reverse("training:job_detail", args=[finished_job.pk]))
     html = page.content.decode()
