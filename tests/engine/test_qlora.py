@@ -16,8 +16,9 @@ from transformers import AutoModelForCausalLM
 
 from tests.engine.test_train import EVAL, PAIRS, _config
 from training.engine import TrainConfig, load_base, train
+from training.engine.checks import verdict
 from training.engine.data import encode_pairs
-from training.engine.evaluate import generate_greedy, is_fixed
+from training.engine.evaluate import generate_greedy
 from training.engine.logprobs import pair_logps
 
 bnb = pytest.importorskip("bitsandbytes")
@@ -152,7 +153,13 @@ def test_demo_patch_trained_in_4bit_works_on_the_full_precision_base(
     served = PeftModel.from_pretrained(base.model, tmp_path / "patch").eval()
     after = generate_greedy(served, base.tokenizer, prompts, config.max_new_tokens)
     fixed = [
-        is_fixed(answer, item["expected"]) for answer, item in zip(after, flagged, strict=False)
+        verdict(
+            answer,
+            expected=item.get("expected"),
+            must_include=item.get("must_include"),
+            must_not_include=item.get("must_not_include"),
+        ).passed
+        for answer, item in zip(after, flagged, strict=False)
     ]
     assert all(fixed), list(zip(after, flagged, strict=False))
     assert after[len(flagged) :] == before[len(flagged) :]
