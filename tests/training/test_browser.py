@@ -35,9 +35,10 @@ def test_curator_clicks_patch_watches_progress_reads_report_and_downloads(
 
     report = page.inner_text("#report")
     assert "All 2 flagged prompts are fixed." in report
-    assert "regression prompts are unchanged" in report
+    assert "regression prompts are within tolerance" in report
     assert page.locator("table.eval-table[data-kind=flagged] .badge.fixed").count() == 2
-    assert page.locator("#charts svg").count() == 3
+    # loss, margins, accuracies; then per epoch: flagged passing, preferring, within tolerance
+    assert page.locator("#charts svg").count() == 6
 
     with page.expect_download() as download_info:
         page.click("#download-link")
@@ -93,3 +94,47 @@ def test_the_job_page_keeps_polling_when_the_reward_margin_goes_negative(
     assert margins_chart.locator("line[stroke-dasharray]").count() == 1
     assert page.locator("#charts svg").count() == 3
     assert not server_errors, server_errors
+
+
+def test_curator_writes_checks_on_a_case_patches_and_sees_the_verdict_marked(
+    gpu_worker, live_server, page, curator, annotator, demo_model
+):
+    from annotate.models import Case
+
+    gpu_worker()
+    project = make_project(demo_model, judge=annotator.user, flagged=2, heldout=1, regression=2)
+    case = Case.objects.filter(project=project, split="train").order_by("id").first()
+    login(page, live_server, curator)
+    page.goto(f"{live_server.url}/p/shop/cases/")
+    page.click(f"a[href='/p/shop/cases/{case.pk}/'] >> nth=0")
+
+    # typing previews the checks on the case's answers (htmx), before anything is saved
+    page.fill("#id_must_include", "30 days")
+    page.fill("#id_must_not_include", "7 days")
+    page.wait_for_selector("#checks-preview mark.hit-exclude")
+    preview = page.locator("#checks-preview")
+    assert preview.locator("mark.hit-include").first.inner_text() == "30 days"
+    assert preview.locator("mark.hit-exclude").first.inner_text() == "7 days"
+    assert preview.locator(".badge.good").count() == 1  # the better answer passes
+    page.click("#save-checks")
+    page.wait_for_selector(".messages :text('saved')")
+
+    page.goto(f"{live_server.url}/jobs/project/shop/")
+    page.click("#patch-button")
+    page.wait_for_url("**/jobs/*/")
+    page.wait_for_selector("#job-status:text('Succeeded')", timeout=300_000)
+
+    flagged = page.locator("table.eval-table[data-kind=flagged]")
+    row = flagged.locator("tr", has=page.locator("mark.hit-include"))
+    assert row.count() == 1
+    assert row.locator("mark.hit-include").inner_text() == "30 days"
+    assert row.locator(".badge.fixed").count() == 1
+    assert "contains '30 days', does not contain '7 days'" in row.inner_text()
+    assert "by their checks" in page.inner_text("#report")
+    page.click("#verdict-rules summary")
+    assert "must include" in page.inner_text("#verdict-rules")
+
+    # the regression filter narrows the table in place
+    page.click("#regression-filter a[data-status='changed']")
+    page.wait_for_selector("#regression-filter a.current[data-status='changed']")
+    assert page.locator("#regression-rows tr[data-status]").count() == 0

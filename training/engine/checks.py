@@ -288,7 +288,7 @@ def prefers_good_answer(margin_ref: float | None, margin_policy: float | None) -
     return margin_policy > 0 and margin_policy > margin_ref
 
 
-DEFAULT_DRIFT_TOLERANCE = 0.5  # nats per token; docs/benchmarks.md says why
+DEFAULT_DRIFT_TOLERANCE = 0.1  # nats per token; docs/benchmarks.md says why
 
 
 def within_tolerance(drift: float | None, tolerance: float) -> bool | None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from training.engine.checks import DEFAULT_DRIFT_TOLERANCE
 from training.engine.errors import EngineError
 
 LOSSES = ("sigmoid", "ipo", "hinge", "robust")
@@ -103,9 +104,10 @@ class TrainConfig:
     # --- machinery
     prefix_sharing: bool = True  # run each prompt once for both answers (same maths, faster)
     early_stop: bool = True  # stop at the end of the epoch where every flagged prompt is fixed
-    drift_tolerance: float = 0.5  # nats per token: a regression prompt whose answer differs
-    # (and has no checks) counts as changed once the mean per-token log-prob of its pre-patch
-    # answer moved by more than this; rewording moved it 0.01-0.2 on the demo (benchmarks.md)
+    drift_tolerance: float = DEFAULT_DRIFT_TOLERANCE  # nats per token (0.1): a regression
+    # prompt whose answer differs (and has no checks) counts as changed once the mean per-token
+    # log-prob of its pre-patch answer moved by more than this. On the demo, broken answers
+    # moved 0.09-0.61 and identical ones up to 0.19 (docs/benchmarks.md, bench/drift_bench.py)
     ref_cache_dir: str | None = None  # None: $PATCHWISE_CACHE_DIR or ~/.cache/patchwise
 
     @classmethod
