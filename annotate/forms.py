@@ -14,6 +14,7 @@ from accounts.roles import ANNOTATOR, CURATOR
 from annotate.field_rules import MAX_TEXT_CHARS, InvalidValue, checks_cell, clean_check_items
 from annotate.models import Project, Split
 from training.engine.checks import FIELDS as CHECK_FIELDS
+from training.engine.checks import verdict
 
 _TICKET_SALT = "annotate.compare.ticket"
 PICKS = ("left", "right", "tie", "both_bad")
@@ -71,6 +72,8 @@ class JudgeForm(forms.Form):
         },
     )
     edited = forms.CharField(required=False, strip=False, max_length=MAX_TEXT_CHARS)
+    # Phrases of the correct answer that a right answer must contain: the case's must_include.
+    key_phrases = forms.CharField(required=False, max_length=5_000)
 
     def __init__(self, *args, user, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -89,6 +92,31 @@ class JudgeForm(forms.Form):
 
     def clean_edited(self) -> str:
         return self.cleaned_data["edited"].strip()
+
+    def clean(self) -> dict:
+        cleaned = super().clean()
+        text = cleaned.get("key_phrases") or ""
+        phrases = [line.strip() for line in text.splitlines() if line.strip()]
+        if phrases and not cleaned.get("edited"):
+            raise forms.ValidationError(
+                "Phrases that matter come from your correct answer: write the answer too."
+            )
+        try:
+            phrases = clean_check_items("phrases that matter", phrases)
+        except InvalidValue as exc:
+            raise forms.ValidationError(str(exc)) from None
+        missing = [
+            phrase
+            for phrase in phrases
+            if not verdict(cleaned.get("edited", ""), must_include=[phrase]).passed
+        ]
+        if missing:
+            raise forms.ValidationError(
+                f"“{missing[0]}” is not in your correct answer; a phrase that matters is one of "
+                "its own words."
+            )
+        cleaned["key_phrases"] = phrases
+        return cleaned
 
 
 RESTRICTED_HELP = (

@@ -178,6 +178,16 @@ def judge(request: HtmxHttpRequest, slug: str) -> HttpResponse:
         label = _as_seen(choice, ticket.shown_left)
         notice = f"Saved: {label}{' with your correct answer' if judgment.edited else ''}."
         kind = "success"
+        phrases = form.cleaned_data["key_phrases"]
+        if phrases and judgment.edited:
+            services.case_add_must_include(
+                case=comparison.case, phrases=phrases, actor=request.user
+            )
+            count = len(phrases)
+            notice = (
+                f"{notice[:-1]} and {count} phrase{pluralize(count)} that "
+                f"matter{pluralize(count, 's,')}."
+            )
     if not request.htmx:
         (messages.success if kind == "success" else messages.error)(request, notice)
         return redirect("compare", slug=project.slug)

@@ -12,6 +12,7 @@ Callers import from `annotate.services`; the names below are its public face.
 from annotate.importing import ImportRejected
 from annotate.services.cases import (
     ImportResult,
+    case_add_must_include,
     case_create,
     case_flag,
     case_set_checks,
@@ -44,6 +45,7 @@ __all__ = [
     "JudgmentConflict",
     "LEASE_DURATION",
     "NotLeased",
+    "case_add_must_include",
     "case_create",
     "case_flag",
     "case_set_checks",

@@ -311,3 +311,14 @@ def case_set_checks(
     case.save(update_fields=["must_include", "must_not_include"])
     audit_record(actor=actor, action="case.checks", target=case, old_value=old, new_value=cleaned)
     return case
+
+
+def case_add_must_include(
+    *, case: Case, phrases: list[str], actor: AbstractBaseUser | None = None
+) -> Case:
+    """Phrases an annotator ticked in their correct answer join the case's must_include (the
+    ones it already has stay, in order; a repeat is not added twice)."""
+    merged = list(case.must_include) + [p for p in phrases if p not in case.must_include]
+    return case_set_checks(
+        case=case, must_include=merged, must_not_include=case.must_not_include, actor=actor
+    )

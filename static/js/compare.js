@@ -53,6 +53,22 @@
     form.querySelector("textarea").focus();
   });
 
+  // "Add the words selected in your answer": the selection becomes a phrase that matters.
+  document.addEventListener("click", function (event) {
+    const button = event.target.closest("[data-add-phrase]");
+    if (!button) return;
+    event.preventDefault();
+    const form = button.closest("form");
+    const answer = form.querySelector("#edited");
+    const phrases = form.querySelector("#key-phrases");
+    const picked = answer.value.slice(answer.selectionStart, answer.selectionEnd).trim();
+    if (!picked) return;
+    const lines = phrases.value.split("\n").map(function (line) { return line.trim(); });
+    const kept = lines.filter(function (line) { return line; });
+    if (kept.indexOf(picked) === -1) kept.push(picked);
+    phrases.value = kept.join("\n");
+  });
+
   // Opening the editor by mouse also puts the cursor in it (after the click has toggled it).
   // An editor that arrives open (after undoing a corrected answer) leaves the keys alone.
   document.addEventListener("click", function (event) {

@@ -70,3 +70,34 @@ def test_annotators_may_not_read_or_write_checks(annotator_client, project):
         assert annotator_client.post(url, {"must_include": "x"}).status_code == 403
     case.refresh_from_db()
     assert case.must_include == []
+
+
+def test_an_annotator_ticks_the_phrases_that_matter_in_their_correct_answer(
+    annotator_client, project
+):
+    import re
+
+    case = _case(project)
+    page = annotator_client.get(reverse("compare", args=[project.slug])).content.decode()
+    ticket = re.search(r'name="ticket" value="([^"]+)"', page).group(1)
+    assert 'name="key_phrases"' in page and "data-add-phrase" in page
+    answer = "The Summit boots can go back within 30 days of delivery, unworn."
+    judge = reverse("judge", args=[project.slug])
+
+    wrong = annotator_client.post(
+        judge, {"ticket": ticket, "pick": "right", "edited": answer, "key_phrases": "60 days"}
+    )
+    assert wrong.status_code == 400 and "“60 days” is not in your correct answer" in (
+        wrong.content.decode()
+    )
+    case.refresh_from_db()
+    assert case.must_include == [] and not case.comparisons.get().judgments.exists()
+
+    saved = annotator_client.post(
+        judge,
+        {"ticket": ticket, "pick": "right", "edited": answer, "key_phrases": "30 days\nunworn\n"},
+        follow=True,
+    )
+    assert "with your correct answer and 2 phrases that matter" in saved.content.decode()
+    case.refresh_from_db()
+    assert case.must_include == ["30 days", "unworn"]
