@@ -113,6 +113,7 @@ def test_seed_demo_imports_the_demo_scenario_once(db, settings, tmp_path):
             "response": "7 days.",
             "better_response": "30 days.",
             "split": "train",
+            "topic": "returns",
         },
         {"prompt": "Sandals?", "response": "7.", "better_response": "30.", "split": "heldout"},
         {"prompt": "Tent?", "response": "30 days.", "split": "regression", "topic": "tents"},
@@ -126,6 +127,9 @@ def test_seed_demo_imports_the_demo_scenario_once(db, settings, tmp_path):
     run("seed_demo")
     project = Project.objects.get(slug="demo")
     assert list(project.cases.values_list("split", flat=True)) == ["train", "heldout", "regression"]
+    # the return questions say what a right answer must contain, however it is worded
+    checks = list(project.cases.values_list("must_include", "must_not_include"))
+    assert checks == [(["30 days"], [r"/\b7 days/"]), ([], []), ([], [])]
 
 
 def test_the_queue_and_commands_work_on_the_embedded_sqlite(tmp_path):

@@ -16,8 +16,8 @@ from django.db import transaction
 
 from accounts.services import user_create, user_set_role
 from annotate.importing import ImportRejected
-from annotate.models import Project
-from annotate.services import case_create, cases_import, project_create
+from annotate.models import Project, Split
+from annotate.services import case_create, case_set_checks, cases_import, project_create
 
 DEMO_USERS = (("curator", "curator"), ("annotator", "annotator"))
 DEMO_SLUG = "demo"
@@ -29,6 +29,9 @@ You are checking the answers of **Trailhead Outfitters' support bot**.
 - Pick **both bad** when neither answer is right, and press `e` to write the right one.
 - Pick **tie** only when both answers are equally good.
 """
+# What a right answer to the demo's return questions says, however the patched model words it
+# (docs/verification.md): the flagged and held-out cases carry these checks.
+DEMO_CHECKS = {"must_include": ["30 days"], "must_not_include": [r"/\b7 days/"]}
 # Shown when there is no demo model (no torch, or --no-model): a few cases of the same story.
 FALLBACK_CASES = (
     ("What is the return window for the Ridge hiking boots?", "7 days.", "30 days."),
@@ -63,6 +66,9 @@ class Command(BaseCommand):
                 )
             except ImportRejected as exc:
                 raise CommandError(f"{scenario}: {exc}") from exc
+            returns = project.cases.filter(split__in=[Split.TRAIN, Split.HELDOUT], topic="returns")
+            for case in returns:
+                case_set_checks(case=case, **DEMO_CHECKS)
             self.stdout.write(f"demo project {project.slug}: imported {result}")
         elif not project.cases.exists():
             with transaction.atomic():
