@@ -262,6 +262,22 @@ def test_training_stops_once_every_flagged_prompt_is_fixed(
     assert result.report["summary"]["flagged"]["fixed"] == 1
 
 
+def test_a_flagged_prompt_without_a_text_rule_stops_on_the_preference_check(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    pairs = [{"prompt": "the refund window is", "chosen": " thirty", "rejected": " two years"}]
+    eval_items = [{"prompt": "the refund window is", "kind": "flagged"}]  # no expected, no checks
+    config = _config(tiny_model_dir, tmp_path, epochs=30, lr=2e-2, max_new_tokens=6)
+    result = train(config, pairs=pairs, out_dir=tmp_path / "out", eval_items=eval_items)
+    training = result.report["training"]
+    assert result.stopped_reason == "all_flagged_fixed" and result.stopped_epoch < 30
+    assert training["stopped_by"] == {"preference": 1}
+    assert "1 by the preference check" in training["stopped_because"]
+    (row,) = result.report["eval"]
+    assert row["passed"] is None and row["decided_by"] == "preference"
+    assert row["fixed"] is True and row["margin_policy"] > max(0.0, row["margin_ref"])
+
+
 def test_sft_warmup_raises_the_chosen_answer_before_dpo_and_the_report_says_so(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
