@@ -125,6 +125,8 @@ def job_api_payload(job: TrainingJob) -> dict[str, Any]:
         "files_sha256": (job.report or {}).get("files_sha256"),
         "summary": (job.report or {}).get("summary"),
         "stopped_because": ((job.report or {}).get("training") or {}).get("stopped_because"),
+        # which rules the flagged prompts passed by when training stopped early (verification)
+        "stopped_by": ((job.report or {}).get("training") or {}).get("stopped_by"),
     }
 
 

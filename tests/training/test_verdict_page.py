@@ -158,6 +158,10 @@ def test_the_page_marks_the_deciding_phrases_and_counts_identical_and_within_tol
     table = fragment.split('id="regression-rows"')[1].split("</table>")[0]
     assert table.count("<tr data-status=") == 1 and "Tents come with 5 years." in table
 
+    api = curator_client.get(f"/api/v1/jobs/{job.pk}").json()
+    assert api["stopped_by"] == {"checks": 1}
+    assert api["summary"]["regression"]["identical"] == 1
+
     card = artifacts.model_card(job=job, report=NEW_REPORT)
     assert "- regression: 1/3 identical, 2/3 within tolerance" in card
     assert "| fixed | contains '30 days', does not contain '7 days' |" in card
