@@ -388,3 +388,28 @@ def test_the_generation_page_answers_htmx_with_its_fragment_and_a_history_restor
         url, headers={"HX-Request": "true", "HX-History-Restore-Request": "true"}
     ).content
     assert b"<html" in page and b"<html" not in fragment and b"<html" in restored
+
+
+def test_a_case_with_checks_is_still_failing_when_its_new_answer_fails_them(
+    curator, make_annotators, base_model
+):
+    """The job report's rule: no judgment needed for a case with checks; without checks the
+    blind judgments decide, as before."""
+    from annotate.models import Case
+    from annotate.services import case_set_checks, judgment_submit
+
+    project = make_flagged_project(flagged=3, heldout=0)
+    cases = list(Case.objects.filter(project=project).order_by("id"))
+    case_set_checks(case=cases[0], must_include=["round 1"], must_not_include=[])
+    case_set_checks(case=cases[1], must_include=["30 days"], must_not_include=[])
+    first = _round_with_answers(project, curator.user, 3)  # "answer N of round 1"
+    row = selectors.rounds_timeline(project=project)[1]
+    assert [c.pk for c in row.still_failing] == [cases[1].pk]  # lacks "30 days"; nobody judged
+
+    # the case without checks fails only by its judgments: lost to the previous answer
+    (annotator,) = make_annotators(1)
+    answer = RoundAnswer.objects.get(round=first, case=cases[2])
+    previous_side = "b" if answer.new_side == "a" else "a"
+    judgment_submit(comparison=answer.comparison, annotator=annotator, choice=previous_side)
+    row = selectors.rounds_timeline(project=project)[1]
+    assert [c.pk for c in row.still_failing] == [cases[1].pk, cases[2].pk]
