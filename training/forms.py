@@ -44,6 +44,14 @@ class LaunchForm(forms.Form):
     lora_r = forms.IntegerField(
         min_value=1, max_value=512, initial=_DEFAULTS.lora_r, label="LoRA rank"
     )
+    drift_tolerance = forms.FloatField(
+        required=False,
+        min_value=0.0,
+        initial=_DEFAULTS.drift_tolerance,
+        label="Drift tolerance (nats/token)",
+        help_text="A regression answer that differs, and has no checks, counts as changed once "
+        "its pre-patch answer's mean log-prob per token moved by more than this.",
+    )
     gpus = forms.IntegerField(
         required=False,
         min_value=1,
@@ -53,7 +61,16 @@ class LaunchForm(forms.Form):
         "across them (faster; each GPU still holds the whole model).",
     )
 
-    ADVANCED = ("beta", "loss", "sft_weight", "sft_warmup_epochs", "lr", "lora_r", "gpus")
+    ADVANCED = (
+        "beta",
+        "loss",
+        "sft_weight",
+        "sft_warmup_epochs",
+        "lr",
+        "lora_r",
+        "drift_tolerance",
+        "gpus",
+    )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

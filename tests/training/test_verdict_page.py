@@ -175,3 +175,23 @@ def test_an_older_report_still_reads(curator_client, job_with):
     stat = html.split('id="stat-regression"')[1].split("</div>")[0]
     assert "<b>0/1</b>regression identical, <b>0/1</b> within tolerance" in stat
     assert "<mark" not in html.split('id="regression-filter"')[0].split("</details>")[1]
+
+
+def test_the_launch_form_sets_the_drift_tolerance(curator_client, project, model_folder):
+    from training.models import TrainingJob
+
+    page = curator_client.get(reverse("training:project_jobs", args=["shop"])).content.decode()
+    assert 'name="drift_tolerance"' in page
+    response = curator_client.post(
+        reverse("training:project_jobs", args=["shop"]),
+        {"model": str(model_folder), "epochs": 3, "beta": 0.1, "loss": "sigmoid",
+         "sft_weight": 1, "lr": 0.001, "lora_r": 16, "drift_tolerance": 0.25},
+    )  # fmt: skip
+    assert response.status_code == 302, response.content.decode()[-2000:]
+    assert TrainingJob.objects.get().config["drift_tolerance"] == 0.25
+    negative = curator_client.post(
+        reverse("training:project_jobs", args=["shop"]),
+        {"model": str(model_folder), "epochs": 3, "beta": 0.1, "loss": "sigmoid",
+         "sft_weight": 1, "lr": 0.001, "lora_r": 16, "drift_tolerance": -1},
+    )  # fmt: skip
+    assert negative.status_code == 400 and TrainingJob.objects.count() == 1
