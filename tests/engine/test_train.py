@@ -246,6 +246,36 @@ def test_progress_is_reported_and_cancel_stops_cleanly(
     assert phases[-1] == "saving"
 
 
+@pytest.mark.parametrize(
+    ("warmup_epochs", "reference_forwards"), [(0, 1), (1, 2)], ids=["dpo_first", "warmup_first"]
+)
+def test_the_first_steps_pairs_take_their_reference_from_that_step(
+    tiny_model_dir: Path, tmp_path: Path, warmup_epochs: int, reference_forwards: int
+) -> None:
+    """The patch starts at zero, so the first step's policy log-probs are its pairs' reference
+    log-probs: the reference pass skips them (unless an SFT warm-up has moved the policy
+    first), and the report and the cache get the same values a reference pass gives."""
+    base = load_base(tiny_model_dir)
+    events: list[dict] = []
+    # 3 pairs in steps of 2 and 1; a reference forward takes 2 pairs (the plan's micro-batch)
+    config = _config(tiny_model_dir, tmp_path, epochs=1, batch_size=2)
+    config.sft_warmup_epochs = warmup_epochs
+    result = train(
+        config, pairs=PAIRS, out_dir=tmp_path / "out", base=base, on_progress=events.append
+    )
+    assert events[0]["memory_plan"]["micro_batch_size"] == 2
+    reference = [event for event in events if event["phase"] == "reference"]
+    assert reference[0]["total"] == reference_forwards
+
+    chosen, rejected = _logps(base.model, base.tokenizer, PAIRS)  # the base is the reference
+    rows = result.report["pairs"]
+    assert [row["ref_logp_chosen"] for row in rows] == pytest.approx(chosen, abs=1e-4)
+    assert [row["ref_logp_rejected"] for row in rows] == pytest.approx(rejected, abs=1e-4)
+    again = train(config, pairs=PAIRS, out_dir=tmp_path / "again", base=base)
+    assert again.report["data"]["ref_cache_hits"] == 3
+    assert again.report["pairs"] == rows
+
+
 def test_training_stops_once_every_flagged_prompt_is_fixed(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:

@@ -18,7 +18,7 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -297,9 +297,14 @@ def _train_patch(
     pad_id = tokenizer.pad_token_id
     timings: dict[str, float] = {}
 
-    # ---- reference log-probs: once per pair, before training, cached across jobs
+    # ---- reference log-probs: once per pair, before training, cached across jobs. The first
+    # step's pairs need no reference forward unless a warm-up comes first: the patch starts at
+    # zero, so that step's policy log-probs are the reference's (the loop fills them in).
     started = time.perf_counter()
-    ref_chosen, ref_rejected, cache_hits = _reference_logps(config, plan, patch, pairs, hooks)
+    first_step = [] if config.sft_warmup_epochs else _first_step_pairs(config, pairs)
+    ref_chosen, ref_rejected, cache_hits = _reference_logps(
+        config, plan, patch, pairs, hooks, from_first_step=first_step
+    )
     timings["reference_s"] = time.perf_counter() - started
 
     # ---- answers before training; the regression answers become the retain targets
@@ -422,15 +427,14 @@ def _dpo_loop(
     pad_id = tokenizer.pad_token_id
     steps_per_epoch = math.ceil(len(pairs) / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
-    order_rng = random.Random(config.seed)
     retain_order = list(range(len(retain)))
-    order_rng.shuffle(retain_order)
+    random.Random(config.seed + 2).shuffle(retain_order)  # +1 is the warm-up's
+    orders = _pair_orders(config, len(pairs))
     metrics: dict[str, list[float]] = {}
     epoch_checks: list[dict[str, Any]] = []
     stopped_reason, stopped_epoch, step = "epochs_done", config.epochs, 0
     for epoch in range(1, config.epochs + 1):
-        order = list(range(len(pairs)))
-        order_rng.shuffle(order)
+        order = next(orders)
         for start in range(0, len(order), config.batch_size):
             batch = [pairs[i] for i in order[start : start + config.batch_size]]
             # the next retain_per_step regression answers, cycling through them in order
@@ -449,6 +453,9 @@ def _dpo_loop(
             loss = terms[0]
             _require_finite(patch, loss, step, config)
             index = torch.tensor([pair.index for pair in batch])
+            _fill_reference_from_first_step(
+                config, patch, batch, batch_policy, ref_chosen, ref_rejected, step, hooks.ranks
+            )
             step_metrics = {
                 "loss": loss.item(),
                 **reward_metrics(
@@ -527,11 +534,20 @@ def _step_loss(
             part = mine[start : start + micro]
             policy = pair_logps(model, part, pad_id=pad_id, prefix_sharing=sharing)
             index = torch.tensor([pair.index for pair in part])
+            # no reference value yet (the first step's pairs): the policy is still the reference
+            part_ref_chosen = ref_chosen[index].to(device)
+            part_ref_chosen = part_ref_chosen.where(
+                ~part_ref_chosen.isnan(), policy.chosen.detach()
+            )
+            part_ref_rejected = ref_rejected[index].to(device)
+            part_ref_rejected = part_ref_rejected.where(
+                ~part_ref_rejected.isnan(), policy.rejected.detach()
+            )
             dpo_loss = preference_losses(
                 policy.chosen,
                 policy.rejected,
-                ref_chosen[index].to(device),
-                ref_rejected[index].to(device),
+                part_ref_chosen,
+                part_ref_rejected,
                 loss=config.loss,
                 beta=config.beta,
                 label_smoothing=config.label_smoothing,
@@ -562,29 +578,52 @@ def _step_loss(
     return packed[:4], packed[4:].view(-1, 2).cpu()
 
 
+def _pair_orders(config: TrainConfig, count: int) -> Iterator[list[int]]:
+    """The order of the pairs in each epoch, the same for every rank."""
+    rng = random.Random(config.seed)
+    while True:
+        order = list(range(count))
+        rng.shuffle(order)
+        yield order
+
+
+def _first_step_pairs(config: TrainConfig, pairs: list[EncodedPair]) -> list[EncodedPair]:
+    order = next(_pair_orders(config, len(pairs)))
+    return [pairs[i] for i in order[: config.batch_size]]
+
+
+def _reference_cache(config: TrainConfig, patch: Patch) -> RefLogpCache:
+    # the precision says dtype and quantization: a 4-bit base gives other reference numbers
+    namespace = f"{patch.base.identity}|{patch.deployed_identity}|{patch.base.precision}"
+    return RefLogpCache(config.cache_dir(), namespace=namespace)
+
+
 def _reference_logps(
     config: TrainConfig,
     plan: MemoryPlan,
     patch: Patch,
     pairs: list[EncodedPair],
     hooks: ProgressHooks,
+    *,
+    from_first_step: list[EncodedPair],
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Reference (patch off) log-probs for every pair, from the cache where possible.
+    """Reference (patch off) log-probs for every pair, from the cache where possible; NaN for
+    the pairs ``from_first_step`` that the cache lacks (the first step fills them in).
 
     Under torchrun, rank 0 alone reads and writes the cache (its view of it is the one every
     rank uses: another job may write to it meanwhile), and the missing pairs are split across
     the ranks and gathered.
     """
     ranks = hooks.ranks
-    # the precision says dtype and quantization: a 4-bit base gives other reference numbers
-    namespace = f"{patch.base.identity}|{patch.deployed_identity}|{patch.base.precision}"
-    cache = RefLogpCache(config.cache_dir(), namespace=namespace) if ranks.is_main else None
+    cache = _reference_cache(config, patch) if ranks.is_main else None
     try:
         cached = distributed.broadcast_object(cache.get_many(pairs) if cache else {}, ranks)
-        todo = [pair for pair in pairs if pair.index not in cached]
+        deferred = {pair.index for pair in from_first_step} - set(cached)
+        todo = [pair for pair in pairs if pair.index not in cached and pair.index not in deferred]
         values = torch.zeros(len(pairs), 2, dtype=torch.float32)
         for index, (chosen, rejected) in cached.items():
             values[index] = torch.tensor([chosen, rejected])
+        values[sorted(deferred)] = float("nan")
         step = plan.micro_batch_size * ranks.world  # each rank: a micro-batch per forward
         batches = range(0, len(todo), step)
         hooks.tick("reference", 0, len(batches), metrics={"ref_cache_hits": len(cached)})
@@ -613,6 +652,40 @@ def _reference_logps(
         if cache is not None:
             cache.close()
     return values[:, 0].clone(), values[:, 1].clone(), len(cached)
+
+
+def _fill_reference_from_first_step(
+    config: TrainConfig,
+    patch: Patch,
+    batch: list[EncodedPair],
+    batch_policy: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    step: int,
+    ranks: Ranks,
+) -> None:
+    """After the first step: its pairs' policy log-probs (patch still zero) are their reference
+    log-probs; kept, and cached like the reference pass's."""
+    index = torch.tensor([pair.index for pair in batch])
+    missing = ref_chosen[index].isnan()
+    if not missing.any():
+        return
+    if step != 1:  # only the first step's policy is the reference
+        raise RuntimeError(f"reference log-probs missing at step {step}")
+    ref_chosen[index[missing]] = batch_policy[missing, 0]
+    ref_rejected[index[missing]] = batch_policy[missing, 1]
+    if ranks.is_main:
+        cache = _reference_cache(config, patch)
+        try:
+            cache.put_many(
+                [
+                    (pair, ref_chosen[pair.index].item(), ref_rejected[pair.index].item())
+                    for pair, is_missing in zip(batch, missing.tolist(), strict=True)
+                    if is_missing
+                ]
+            )
+        finally:
+            cache.close()
 
 
 def _policy_logps(
