@@ -401,3 +401,24 @@ def test_reference_logps_cached_under_the_old_token_rule_are_not_reused(
         fresh = pair_logps_concat(base.model, [pair], pad_id=base.tokenizer.pad_token_id)
     assert row["ref_logp_chosen"] == pytest.approx(fresh.chosen.item(), abs=1e-4)
     assert row["ref_logp_chosen"] != -1.0
+
+
+def test_a_job_reads_the_tokenizer_once(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tokenizer read to size the job before the model loads is the one the job keeps (a
+    large vocabulary's tokenizer takes a second or so to build)."""
+    from transformers import AutoTokenizer
+
+    from training.engine import modeling
+
+    loads = []
+    real = AutoTokenizer.from_pretrained
+
+    def counted(*args, **kwargs):
+        loads.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(modeling.AutoTokenizer, "from_pretrained", counted)
+    train(_config(tiny_model_dir, tmp_path, epochs=1), pairs=PAIRS, out_dir=tmp_path / "out")
+    assert len(loads) == 1

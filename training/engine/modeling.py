@@ -114,8 +114,14 @@ def _sampled_file_digest(file: Path) -> str:
     return digest.hexdigest()
 
 
-def load_base(path: str | Path, *, quantize: str | None = None) -> LoadedBase:
+def load_base(
+    path: str | Path,
+    *,
+    quantize: str | None = None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+) -> LoadedBase:
     """Load model + tokenizer from ``path``; EngineError (one line) if the folder is unusable.
+    ``tokenizer``: the folder's, already loaded by ``load_tokenizer`` (not read a second time).
 
     ``quantize="4bit"`` holds the decoder's linear layers as NF4 with double quantization
     (QLoRA's recipe, bitsandbytes) and computes in the device's dtype; embeddings, norms and
@@ -128,7 +134,8 @@ def load_base(path: str | Path, *, quantize: str | None = None) -> LoadedBase:
     if quantize is not None:
         options["quantization_config"] = nf4_config(quantize, dtype)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(folder)
+        if tokenizer is None:
+            tokenizer = AutoTokenizer.from_pretrained(folder)
         model = AutoModelForCausalLM.from_pretrained(
             folder,
             dtype=dtype,

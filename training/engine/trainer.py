@@ -168,7 +168,7 @@ def train(
     plan = plan_job(config, encoded, items, tokenizer, base=base, processes=ranks.world)
     hooks.tick("plan", 0, 0, memory_plan=plan.to_dict())
     if base is None:
-        base = load_base(config.model, quantize=config.quantize)
+        base = load_base(config.model, quantize=config.quantize, tokenizer=tokenizer)
     patch = Patch(base, config)
     try:
         return _train_patch(
