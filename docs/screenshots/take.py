@@ -156,7 +156,7 @@ def annotator_pages(walk: Walk, account: str, args: argparse.Namespace) -> None:
     walk.shoot(page, "compare")
     if page.locator("#editor").count():
         page.keyboard.press("e")
-        page.locator("#editor textarea").fill("The corrected answer, written by the annotator.")
+        page.locator("#edited").fill("The corrected answer, written by the annotator.")
         walk.shoot(page, "compare-editor")
     context.close()
 

@@ -87,7 +87,7 @@ def test_annotator_judges_edits_and_undoes_with_the_keyboard(live_server, page, 
     second = _current(annotator)
     assert second.comparison_id != first.comparison_id
     page.keyboard.press("e")
-    editor = page.locator("#editor textarea")
+    editor = page.locator("#edited")
     expect(editor).to_be_focused()
     # No side is preset: writing a correction is not a vote for A.
     expect(editor).to_have_value("")
@@ -105,7 +105,7 @@ def test_annotator_judges_edits_and_undoes_with_the_keyboard(live_server, page, 
 
     third = _current(annotator)
     page.keyboard.press("e")
-    expect(page.locator("#editor textarea")).to_be_focused()
+    expect(page.locator("#edited")).to_be_focused()
     page.keyboard.press("Escape")  # leaves the editor; keys are shortcuts again
     expect(page.locator("#editor")).not_to_have_attribute("open", "")
     page.keyboard.press("2")
@@ -153,7 +153,7 @@ def test_mouse_users_have_buttons_with_the_key_hints(live_server, page, annotato
 
     second = _current(annotator)
     page.get_by_text("Write the correct answer").click()
-    editor = page.locator("#editor textarea")
+    editor = page.locator("#edited")
     expect(editor).to_be_focused()
     page.get_by_role("button", name="Start from B").click()
     right = (
