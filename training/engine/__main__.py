@@ -96,6 +96,13 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="GIB",
         help="memory the job may use (default: the device's free memory; on a CPU, free RAM)",
     )
+    parser.add_argument(
+        "--shard-base",
+        action=argparse.BooleanOptionalAction,
+        default=defaults.shard_base,
+        help="under torchrun: split the base's decoder blocks across the processes (FSDP), so "
+        "each GPU holds 1/N of it; for a base that does not fit one GPU (not with --quantize)",
+    )
 
 
 def _micro_batch_size(value: str) -> int | str:
@@ -131,6 +138,7 @@ def _run_train(args: argparse.Namespace) -> int:
         gradient_checkpointing=args.gradient_checkpointing,
         quantize=args.quantize,
         max_memory=args.max_memory,
+        shard_base=args.shard_base,
         drift_tolerance=args.drift_tolerance,
     )
     validate_config(config)  # before loading anything: a bad config fails in a second

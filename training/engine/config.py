@@ -100,6 +100,8 @@ class TrainConfig:
     quantize: str | None = None  # "4bit": the base as NF4 (QLoRA; needs the [qlora] extra);
     # the patch is still served on the full-precision base
     max_memory: float | None = None  # GiB the job may use; None: the device's free memory
+    shard_base: bool = False  # under torchrun: split the base's blocks across the GPUs (FSDP),
+    # so a base that does not fit one GPU fits N of them; False: every GPU holds all of it
 
     # --- machinery
     prefix_sharing: bool = True  # run each prompt once for both answers (same maths, faster)

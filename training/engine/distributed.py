@@ -14,16 +14,24 @@ greedy answers before and after, the early-stop check of the flagged prompts, th
 and the per-pair log-probs of the report. Rank 0 alone reads and writes the reference cache,
 reports progress, and writes the output folder; the other ranks wait for it at the end.
 
+With ``--shard-base`` (FSDP2, ``fully_shard``) the base does not have to fit one device: each
+repeated decoder block's weights (and the patch's LoRA weights in it) are split across the
+ranks and gathered block by block for each forward and backward pass, and FSDP sums the LoRA
+gradients with a reduce-scatter (so ``sum_gradients`` does nothing). Every forward pass is then
+a collective: all ranks must run the same passes in the same order, so a rank whose share of
+some work is shorter runs stand-ins (``lockstep_share``) whose results it drops.
+
 One process (no torchrun, or ``--nproc-per-node 1``) never touches torch.distributed: every
 helper here is then a no-op returning its input.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TypeVar
@@ -48,6 +56,7 @@ class Ranks:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    sharded: bool = False  # the base's blocks are split across the ranks (FSDP2)
 
     @property
     def is_main(self) -> bool:
@@ -138,6 +147,21 @@ def shard(items: Sequence[T], ranks: Ranks) -> list[T]:
     return list(items[ranks.rank :: ranks.world])
 
 
+def lockstep_share(items: Sequence[T], ranks: Ranks) -> tuple[list[T], int]:
+    """This rank's ``shard`` of ``items`` and how many of it are real.
+
+    With a sharded base every rank must run as many forward passes as the others (each one
+    gathers the blocks' weights from all ranks), so a share shorter than the longest is
+    padded with copies of ``items[0]``: their results are dropped and their losses weighted 0.
+    Otherwise the share is as ``shard`` gives it.
+    """
+    mine = shard(items, ranks)
+    if not ranks.sharded or not items:
+        return mine, len(mine)
+    longest = -(-len(items) // ranks.world)
+    return mine + [items[0]] * (longest - len(mine)), len(mine)
+
+
 def gather_shards(local: list[T], total: int, ranks: Ranks) -> list[T]:
     """The whole list again, in the original order, from every rank's ``shard`` of it."""
     if not ranks.distributed:
@@ -184,7 +208,7 @@ def broadcast_object(value: T, ranks: Ranks) -> T:
 def sum_gradients(parameters: Sequence[torch.nn.Parameter], ranks: Ranks) -> None:
     """Sum the trainable parameters' gradients over the ranks, in one flat all-reduce (one DDP
     bucket: LoRA weights are small). A rank that had nothing to do this step adds zeros."""
-    if not ranks.distributed:
+    if not ranks.distributed or ranks.sharded:  # FSDP has reduce-scattered them already
         return
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in parameters]
     flat = torch.cat([grad.reshape(-1) for grad in grads])
@@ -199,3 +223,64 @@ def sum_gradients(parameters: Sequence[torch.nn.Parameter], ranks: Ranks) -> Non
 def barrier(ranks: Ranks) -> None:
     if ranks.distributed:
         dist.barrier()
+
+
+# ------------------------------------------------------------------- a sharded base (FSDP2)
+
+
+def decoder_blocks(model: torch.nn.Module) -> torch.nn.ModuleList:
+    """The repeated decoder blocks of ``model`` (``model.layers`` in Llama, ``transformer.h`` in
+    GPT-2): the list of modules holding the most weights."""
+    lists = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) > 1]
+    if not lists:
+        raise EngineError("--shard-base: this model has no repeated decoder blocks to shard")
+    return max(lists, key=lambda blocks: sum(p.numel() for p in blocks.parameters()))
+
+
+def shard_base(model: torch.nn.Module, ranks: Ranks) -> int:
+    """Split every decoder block of ``model`` (the patch already attached) across the ranks with
+    FSDP2, then the decoder around them (its embeddings and last norm); returns how many blocks.
+    The output head stays whole on every rank (the log-probs call it on its own, a chunk of
+    tokens at a time; no patch on it).
+
+    Gradients are summed, not averaged: the losses are already divided by the whole step's
+    counts (as in the data-parallel path). Plain SUM rather than NCCL's pre-multiplied sum,
+    which gloo lacks. From here on the engine's no-gradient passes run under ``torch.no_grad``,
+    not inference mode: FSDP keeps the weights it gathered for the decoder between passes,
+    and an inference tensor could not be used by a training pass after it.
+    """
+    from torch.distributed.fsdp import fully_shard
+
+    global _SHARDED
+    blocks = decoder_blocks(model)
+    decoder = next(m for m in model.modules() if any(c is blocks for c in m.children()))
+    for module in [*blocks, decoder]:
+        fully_shard(module)
+        module.set_gradient_divide_factor(1.0)
+        module.set_force_sum_reduction_for_comms(True)
+    _SHARDED = True
+    return len(blocks)
+
+
+_SHARDED = False  # this process's base is sharded (shard_base ran)
+
+
+def no_grad() -> contextlib.AbstractContextManager:
+    """The context for passes that need no gradients: inference mode (the fastest), or plain
+    no_grad once the base is sharded (see ``shard_base``)."""
+    return torch.no_grad() if _SHARDED else torch.inference_mode()
+
+
+def local_part(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's piece of a sharded tensor (a DTensor), or the tensor itself."""
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
+
+
+def full_state(model: torch.nn.Module, keep: Callable[[str], bool]) -> dict[str, torch.Tensor]:
+    """The tensors of ``model``'s state dict whose names ``keep`` accepts, whole (a collective
+    for sharded ones: every rank must call this)."""
+    return {
+        name: tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+        for name, tensor in model.state_dict().items()
+        if keep(name)
+    }

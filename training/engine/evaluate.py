@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from training.engine import distributed
 from training.engine.data import EvalItem, Prompt, encode_prompt, turn_end_id
 from training.engine.logprobs import pad_batch
 from training.engine.modeling import LoadedBase, context_length
@@ -52,8 +53,13 @@ def generate_greedy_ids(
     max_new_tokens: int = 64,
     *,
     batch_size: int = 16,
+    synced: bool = False,
 ) -> list[list[int]]:
-    """Greedy answer token ids per prompt (ending with eos when the model stopped by itself)."""
+    """Greedy answer token ids per prompt (ending with eos when the model stopped by itself).
+
+    ``synced``: the model's weights are sharded across ranks (FSDP), so a rank whose answers
+    all ended keeps running forward passes until every rank's have (each pass is collective).
+    """
     device = next(model.parameters()).device
     answers: list[list[int]] = []
     eos = end_token_ids(model, tokenizer)
@@ -66,7 +72,7 @@ def generate_greedy_ids(
             encoded, tokenizer.pad_token_id, left=True, device=device
         )
         width = input_ids.shape[1]
-        with torch.inference_mode():
+        with distributed.no_grad():
             output = model.generate(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
@@ -74,6 +80,7 @@ def generate_greedy_ids(
                 do_sample=False,
                 pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=sorted(eos),
+                synced_gpus=synced,
             )
         for row in output[:, width:].tolist():
             answer = []
@@ -92,10 +99,13 @@ def generate_greedy(
     max_new_tokens: int = 64,
     *,
     batch_size: int = 16,
+    synced: bool = False,
 ) -> list[str]:
     """Greedy answers as text (special tokens dropped), one per prompt, in order."""
     model = base_or_model.model if isinstance(base_or_model, LoadedBase) else base_or_model
-    ids = generate_greedy_ids(model, tokenizer, prompts, max_new_tokens, batch_size=batch_size)
+    ids = generate_greedy_ids(
+        model, tokenizer, prompts, max_new_tokens, batch_size=batch_size, synced=synced
+    )
     return [tokenizer.decode(answer, skip_special_tokens=True) for answer in ids]
 
 

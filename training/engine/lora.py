@@ -170,11 +170,23 @@ class Patch:
         finally:
             self._activate_patch()
 
-    def save(self, folder: Path) -> dict[str, Any] | None:
+    def full_state(self) -> dict[str, torch.Tensor]:
+        """The patch's LoRA weights, whole, from a base sharded across ranks (FSDP): every rank
+        must call this; what ``save`` then writes on rank 0."""
+        from training.engine.distributed import full_state
+
+        return full_state(self.model, lambda name: f".{PATCH}." in name and ".lora_" in name)
+
+    def save(
+        self, folder: Path, *, state: dict[str, torch.Tensor] | None = None
+    ) -> dict[str, Any] | None:
         """Write the patch alone as PEFT files, after checking vLLM can serve them; on a
         deployed adapter, also both as one LoRA in ``folder/combined``. Returns, on a deployed
-        adapter, that folder's name and rank, or why it could not be written."""
-        self.model.save_pretrained(str(folder), selected_adapters=[PATCH])
+        adapter, that folder's name and rank, or why it could not be written.
+
+        ``state``: the patch's weights gathered whole (``full_state``) when the model in memory
+        holds only this rank's share of them."""
+        self.model.save_pretrained(str(folder), selected_adapters=[PATCH], state_dict=state)
         (folder / "README.md").unlink(missing_ok=True)  # the app writes the real model card
         check_saved_adapter(folder)
         if self.deployed_path is None:

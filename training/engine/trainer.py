@@ -12,6 +12,7 @@ built in report.py from what this module measured.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -34,7 +35,7 @@ from training.engine.data import (
     encode_prompt,
     parse_eval_items,
 )
-from training.engine.distributed import Ranks, shard
+from training.engine.distributed import Ranks
 from training.engine.errors import Cancelled, EngineError
 from training.engine.evaluate import fit_to_context, generate_greedy, generate_greedy_ids
 from training.engine.logprobs import completion_logps_concat, pair_logps
@@ -147,7 +148,7 @@ def train(
     progress and writes ``out_dir``, and the other ranks return an empty report.
     """
     validate_config(config)
-    ranks = distributed.current()
+    ranks = _sharding(config, distributed.current(), base)
     if config.batch_size < ranks.world:
         raise EngineError(
             f"--batch-size {config.batch_size} is below the {ranks.world} processes: each one "
@@ -170,6 +171,15 @@ def train(
     if base is None:
         base = load_base(config.model, quantize=config.quantize, tokenizer=tokenizer)
     patch = Patch(base, config)
+    sharding = None
+    if ranks.sharded:  # after the patch is attached: its LoRA weights are sharded with the blocks
+        blocks = distributed.shard_base(patch.model, ranks)
+        parameters = list(patch.model.parameters())
+        sharding = {
+            "blocks": blocks,
+            "parameters": sum(p.numel() for p in parameters),
+            "parameters_on_rank_0": sum(distributed.local_part(p).numel() for p in parameters),
+        }
     try:
         return _train_patch(
             config,
@@ -181,9 +191,30 @@ def train(
             hooks,
             raw_pairs=pairs,
             limits=limits,
+            sharding=sharding,
         )
     finally:
-        patch.detach()
+        if not ranks.sharded:  # a sharded base belongs to this process, which ends with the job
+            patch.detach()
+
+
+def _sharding(config: TrainConfig, ranks: Ranks, base: LoadedBase | None) -> Ranks:
+    """``ranks``, marked sharded when the job asks for ``shard_base``; refuses where it cannot."""
+    if not config.shard_base:
+        return ranks
+    if config.quantize:
+        raise EngineError(
+            "--shard-base with --quantize 4bit is not supported: FSDP shards floating-point "
+            "weights, and the 4-bit base is stored as uint8; shard the bf16 base instead"
+        )
+    if not ranks.distributed:
+        raise EngineError(
+            "--shard-base splits the base across several processes: start the engine with "
+            "torchrun --nproc-per-node N (N GPUs), or drop --shard-base"
+        )
+    if base is not None:
+        raise EngineError("--shard-base loads its own base on every rank; do not pass one")
+    return dataclasses.replace(ranks, sharded=True)
 
 
 def _sequence_limits(config: TrainConfig, base: LoadedBase | None) -> dict[str, int | None]:
@@ -264,11 +295,19 @@ def check_out_dir(out_dir: Path, *, adapter: str | None = None) -> None:
         raise EngineError(f"cannot write to {out_dir}: {existing} is not writable")
 
 
-def _require_finite(patch: Patch, loss: torch.Tensor, step: int, config: TrainConfig) -> None:
+def _require_finite(
+    patch: Patch, loss: torch.Tensor, step: int, config: TrainConfig, ranks: Ranks
+) -> None:
     """A run that diverged must fail, not ship NaN weights as a patch."""
     checks = [torch.isfinite(loss).all()]
-    checks += [torch.isfinite(param).all() for param in patch.trainable_parameters()]
-    if torch.stack(checks).all():  # one device sync per step, not one per LoRA matrix
+    checks += [
+        torch.isfinite(distributed.local_part(param)).all()
+        for param in patch.trainable_parameters()
+    ]
+    finite = bool(torch.stack(checks).all())  # one device sync per step, not one per matrix
+    if ranks.sharded:  # each rank sees only its piece of the weights; all must stop together
+        finite = not distributed.any_rank(not finite, ranks)
+    if finite:
         return
     raise EngineError(
         f"training diverged at step {step} (loss {loss.item()}, or weights not finite); "
@@ -292,6 +331,7 @@ def _train_patch(
     *,
     raw_pairs: list[dict[str, Any]],
     limits: dict[str, int | None],
+    sharding: dict[str, int] | None = None,
 ) -> TrainResult:
     model, tokenizer = patch.model, patch.base.tokenizer
     pad_id = tokenizer.pad_token_id
@@ -357,6 +397,8 @@ def _train_patch(
     )
     timings["eval_after_s"] = time.perf_counter() - started
 
+    # a sharded patch is gathered whole (a collective: every rank takes part) for rank 0 to save
+    patch_state = patch.full_state() if hooks.ranks.sharded else None
     if not hooks.ranks.is_main:  # rank 0 builds the report and writes the files; others wait
         hooks.tick("saving", 0, 1)
         distributed.barrier(hooks.ranks)
@@ -390,10 +432,12 @@ def _train_patch(
         memory_plan=plan,
     )
     report["training"]["processes"] = hooks.ranks.world  # torchrun ranks sharing each step
+    # with --shard-base: the base's blocks split across them (what rank 0 holds of the weights)
+    report["training"]["sharded_base"] = sharding
 
     # ---- saving: everything goes to a staging folder, then each file is renamed into place
     hooks.tick("saving", 0, 1)
-    files = _save(patch, out_dir, loop.metrics, report)
+    files = _save(patch, out_dir, loop.metrics, report, state=patch_state)
     distributed.barrier(hooks.ranks)
     hooks.tick("saving", 1, 1)
     return TrainResult(
@@ -451,7 +495,7 @@ def _dpo_loop(
             optimizer.step()
             step += 1
             loss = terms[0]
-            _require_finite(patch, loss, step, config)
+            _require_finite(patch, loss, step, config, hooks.ranks)
             index = torch.tensor([pair.index for pair in batch])
             _fill_reference_from_first_step(
                 config, patch, batch, batch_policy, ref_chosen, ref_rejected, step, hooks.ranks
@@ -522,7 +566,11 @@ def _step_loss(
     gathered from the ranks.
     """
     device = next(model.parameters()).device
-    mine, my_picks = shard(batch, ranks), shard(picked, ranks)
+    # a sharded base: every rank runs as many passes, the stand-ins weighted 0
+    mine, real = distributed.lockstep_share(batch, ranks)
+    my_picks, real_picks = distributed.lockstep_share(picked, ranks)
+    weights = _weights(len(mine), real, device)
+    pick_weights = _weights(len(my_picks), real_picks, device)
     micro = plan.micro_batch_size
     # a KV cache cannot be rebuilt in the backward pass: checkpointed steps read prompts twice
     sharing = config.prefix_sharing and not plan.gradient_checkpointing
@@ -531,7 +579,7 @@ def _step_loss(
     mine_policy = []
     with gradient_checkpointing(model, plan.gradient_checkpointing):
         for start in range(0, len(mine), micro):
-            part = mine[start : start + micro]
+            part, weight = mine[start : start + micro], weights[start : start + micro]
             policy = pair_logps(model, part, pad_id=pad_id, prefix_sharing=sharing)
             index = torch.tensor([pair.index for pair in part])
             # no reference value yet (the first step's pairs): the policy is still the reference
@@ -543,29 +591,33 @@ def _step_loss(
             part_ref_rejected = part_ref_rejected.where(
                 ~part_ref_rejected.isnan(), policy.rejected.detach()
             )
-            dpo_loss = preference_losses(
-                policy.chosen,
-                policy.rejected,
-                part_ref_chosen,
-                part_ref_rejected,
-                loss=config.loss,
-                beta=config.beta,
-                label_smoothing=config.label_smoothing,
-                chosen_tokens=policy.chosen_tokens,
-                rejected_tokens=policy.rejected_tokens,
+            dpo_loss = (
+                weight
+                * preference_losses(
+                    policy.chosen,
+                    policy.rejected,
+                    part_ref_chosen,
+                    part_ref_rejected,
+                    loss=config.loss,
+                    beta=config.beta,
+                    label_smoothing=config.label_smoothing,
+                    chosen_tokens=policy.chosen_tokens,
+                    rejected_tokens=policy.rejected_tokens,
+                )
             ).sum() / len(batch)
-            nll = -policy.chosen.sum() / chosen_tokens
+            nll = -(weight * policy.chosen).sum() / chosen_tokens
             loss = dpo_loss + config.sft_weight * nll if config.sft_weight else dpo_loss
             loss.backward()
             terms += torch.stack([loss, dpo_loss, nll, torch.zeros_like(nll)]).detach()
             mine_policy.append(torch.stack([policy.chosen, policy.rejected], dim=1).detach())
+        mine_policy = [torch.cat(mine_policy)[:real]] if real else []
         retain_tokens = sum(len(answer) for _, answer in picked)
         for start in range(0, len(my_picks), 2 * micro):
             rows = my_picks[start : start + 2 * micro]
             logp, _ = completion_logps_concat(
                 model, [p for p, _ in rows], [a for _, a in rows], pad_id=pad_id
             )
-            retain_nll = -logp.sum() / retain_tokens
+            retain_nll = -(pick_weights[start : start + 2 * micro] * logp).sum() / retain_tokens
             (config.retain_weight * retain_nll).backward()
             zero = torch.zeros_like(retain_nll)
             terms += torch.stack(
@@ -596,6 +648,11 @@ def _reference_cache(config: TrainConfig, patch: Patch) -> RefLogpCache:
     # the precision says dtype and quantization: a 4-bit base gives other reference numbers
     namespace = f"{patch.base.identity}|{patch.deployed_identity}|{patch.base.precision}"
     return RefLogpCache(config.cache_dir(), namespace=namespace)
+
+
+def _weights(count: int, real: int, device: torch.device) -> torch.Tensor:
+    """1 for each of the first ``real`` items of a lockstep share, 0 for its stand-ins."""
+    return (torch.arange(count, device=device) < real).float()
 
 
 def _reference_logps(
@@ -629,18 +686,18 @@ def _reference_logps(
         hooks.tick("reference", 0, len(batches), metrics={"ref_cache_hits": len(cached)})
         computed = torch.zeros(len(pairs), 2, dtype=torch.float32)
         for number, start in enumerate(batches, start=1):
-            batch = shard(todo[start : start + step], ranks)
+            batch, real = distributed.lockstep_share(todo[start : start + step], ranks)
             if batch:
-                with torch.inference_mode(), patch.reference() as reference_model:
+                with distributed.no_grad(), patch.reference() as reference_model:
                     logps = pair_logps(
                         reference_model,
                         batch,
                         pad_id=patch.base.tokenizer.pad_token_id,
                         prefix_sharing=config.prefix_sharing,
                     )
-                index = torch.tensor([pair.index for pair in batch])
-                computed[index, 0] = logps.chosen.float().cpu()
-                computed[index, 1] = logps.rejected.float().cpu()
+                index = torch.tensor([pair.index for pair in batch[:real]], dtype=torch.long)
+                computed[index, 0] = logps.chosen[:real].float().cpu()
+                computed[index, 1] = logps.rejected[:real].float().cpu()
             hooks.tick("reference", number, len(batches), metrics={"ref_cache_hits": len(cached)})
         computed = distributed.sum_across(computed, ranks)
         values += computed
@@ -701,15 +758,15 @@ def _policy_logps(
     step = plan.micro_batch_size * ranks.world
     batches = range(0, len(pairs), step)
     for number, start in enumerate(batches, start=1):
-        batch = shard(pairs[start : start + step], ranks)
+        batch, real = distributed.lockstep_share(pairs[start : start + step], ranks)
         if batch:
-            with torch.inference_mode():
+            with distributed.no_grad():
                 logps = pair_logps(
                     model, batch, pad_id=pad_id, prefix_sharing=config.prefix_sharing
                 )
-            index = torch.tensor([pair.index for pair in batch])
-            values[index, 0] = logps.chosen.float().cpu()
-            values[index, 1] = logps.rejected.float().cpu()
+            index = torch.tensor([pair.index for pair in batch[:real]], dtype=torch.long)
+            values[index, 0] = logps.chosen[:real].float().cpu()
+            values[index, 1] = logps.rejected[:real].float().cpu()
         hooks.tick("eval_after", number, len(batches))
     values = distributed.sum_across(values, ranks)
     return values[:, 0].clone(), values[:, 1].clone()
@@ -739,11 +796,16 @@ def _answer_ids(
     for start in range(0, len(items), step):
         hooks.tick(phase, start, len(items))
         piece = items[start : start + step]
-        prompts = [item.prompt for item in shard(piece, ranks)]
+        share, real = distributed.lockstep_share(piece, ranks)
         mine = generate_greedy_ids(
-            patch.model, patch.base.tokenizer, prompts, config.max_new_tokens, batch_size=chunk
+            patch.model,
+            patch.base.tokenizer,
+            [item.prompt for item in share],
+            config.max_new_tokens,
+            batch_size=chunk,
+            synced=ranks.sharded,
         )
-        answers += distributed.gather_shards(mine, len(piece), ranks)
+        answers += distributed.gather_shards(mine[:real], len(piece), ranks)
     hooks.tick(phase, len(items), len(items))
     return answers
 
@@ -758,11 +820,16 @@ def _sharded_greedy(
 ) -> list[str]:
     """Greedy answers to ``items`` as text, each rank answering its share; every rank gets all
     of them (the early-stop decision must be the same everywhere)."""
-    prompts = [item.prompt for item in shard(items, ranks)]
+    share, real = distributed.lockstep_share(items, ranks)
     mine = generate_greedy(
-        model, tokenizer, prompts, config.max_new_tokens, batch_size=_generation_batch(plan)
+        model,
+        tokenizer,
+        [item.prompt for item in share],
+        config.max_new_tokens,
+        batch_size=_generation_batch(plan),
+        synced=ranks.sharded,
     )
-    return distributed.gather_shards(mine, len(items), ranks)
+    return distributed.gather_shards(mine[:real], len(items), ranks)
 
 
 def _sft_warmup(
@@ -788,16 +855,17 @@ def _sft_warmup(
         order_rng.shuffle(order)
         for start in range(0, len(order), config.batch_size):
             batch = [pairs[i] for i in order[start : start + config.batch_size]]
-            mine = shard(batch, ranks)  # each rank's share, over the whole step's tokens
+            # each rank's share, over the whole step's tokens (stand-ins weighted 0)
+            mine, real = distributed.lockstep_share(batch, ranks)
             optimizer.zero_grad(set_to_none=True)
-            nll = _sft_gradients(patch.model, mine, batch, plan, pad_id=pad_id)
+            nll = _sft_gradients(patch.model, mine, real, batch, plan, pad_id=pad_id)
             distributed.sum_gradients(patch.trainable_parameters(), ranks)
             nll = distributed.sum_across(nll.detach(), ranks)
             if config.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_(patch.trainable_parameters(), config.max_grad_norm)
             optimizer.step()
             losses.append(nll.item())
-            _require_finite(patch, nll, len(losses), config)
+            _require_finite(patch, nll, len(losses), config, ranks)
             hooks.tick("sft_warmup", len(losses), total, epoch=epoch, metrics={"nll": losses[-1]})
     return losses
 
@@ -805,6 +873,7 @@ def _sft_warmup(
 def _sft_gradients(
     model: torch.nn.Module,
     mine: list[EncodedPair],
+    real: int,
     batch: list[EncodedPair],
     plan: MemoryPlan,
     *,
@@ -813,7 +882,8 @@ def _sft_gradients(
     """Accumulate the gradients of the token-mean NLL of ``batch``'s chosen answers over this
     rank's share ``mine``, two micro-batches' worth of answers at a time; returns that share."""
     tokens = sum(len(pair.chosen_ids) for pair in batch)
-    nll = torch.zeros((), device=next(model.parameters()).device)
+    device = next(model.parameters()).device
+    nll, weights = torch.zeros((), device=device), _weights(len(mine), real, device)
     rows = 2 * plan.micro_batch_size
     with gradient_checkpointing(model, plan.gradient_checkpointing):
         for start in range(0, len(mine), rows):
@@ -824,21 +894,26 @@ def _sft_gradients(
                 [pair.chosen_ids for pair in part],
                 pad_id=pad_id,
             )
-            part_nll = -logp.sum() / tokens
+            part_nll = -(weights[start : start + rows] * logp).sum() / tokens
             part_nll.backward()
             nll += part_nll.detach()
     return nll
 
 
 def _save(
-    patch: Patch, out_dir: Path, metrics: dict[str, list[float]], report: dict[str, Any]
+    patch: Patch,
+    out_dir: Path,
+    metrics: dict[str, list[float]],
+    report: dict[str, Any],
+    *,
+    state: dict[str, torch.Tensor] | None = None,
 ) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     staging = out_dir / f".partial-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     try:
-        combined = patch.save(staging)
+        combined = patch.save(staging, state=state)
         if combined is not None:
             report["stacked_on_adapter"].update(combined)
         (staging / "metrics.json").write_text(json.dumps(metrics, indent=1))

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from training.engine import distributed
 from training.engine.checks import (
     describe_rule,
     has_checks,
@@ -84,7 +85,7 @@ class Verification:
         size = self.batch_size
         for start in range(0, len(indexes), size):
             chunk = indexes[start : start + size]
-            with torch.inference_mode():
+            with distributed.no_grad():
                 logps = pair_logps(
                     model,
                     [self.pairs[i] for i in chunk],
@@ -102,7 +103,7 @@ class Verification:
         size = self.batch_size
         for start in range(0, len(indexes), size):
             chunk = indexes[start : start + size]
-            with torch.inference_mode():
+            with distributed.no_grad():
                 logp, tokens = completion_logps_concat(
                     model,
                     [self.retain[i][0] for i in chunk],

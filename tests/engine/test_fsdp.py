@@ -1,0 +1,79 @@
+"""--shard-base: two processes on the CPU (torchrun, gloo) each hold half of the base's decoder
+blocks (FSDP2) and still train the patch one process trains."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.engine.test_distributed import (
+    EVAL,
+    PAIRS,
+    assert_same_adapter,
+    torchrun,
+    write_jsonl,
+)
+from training.engine import EngineError, TrainConfig, train
+
+# three flagged prompts and seven items: the ranks' shares of the answers differ in length
+EVAL_ODD = [*EVAL, {"prompt": "support answers every", "expected": " ticket", "kind": "flagged"}]
+
+
+@pytest.mark.slow
+def test_a_sharded_base_trains_the_adapter_one_process_trains(tiny_model_dir, tmp_path):
+    # 7 pairs in steps of 3: a rank has no pair in each epoch's last step and runs a stand-in
+    flags = {"epochs": 2, "batch_size": 3, "lr": 5e-3, "seed": 7, "sft_warmup_epochs": 1}
+    one = train(
+        TrainConfig(model=str(tiny_model_dir), ref_cache_dir=str(tmp_path / "cache-1"), **flags),
+        pairs=PAIRS,
+        eval_items=EVAL_ODD,
+        out_dir=tmp_path / "one",
+    )
+    cli_flags = [part for key, value in flags.items()
+                 for part in (f"--{key.replace('_', '-')}", str(value))]  # fmt: skip
+    ran = torchrun(
+        ["-m", "training.engine", "train", "--model", str(tiny_model_dir),
+         "--pairs", str(write_jsonl(tmp_path / "pairs.jsonl", PAIRS)),
+         "--eval", str(write_jsonl(tmp_path / "eval.jsonl", EVAL_ODD)),
+         "--out", str(tmp_path / "two"), "--shard-base", *cli_flags],
+        tmp_path,
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stderr[-3000:]
+
+    assert_same_adapter(tmp_path / "one", tmp_path / "two", lr=flags["lr"])
+    report = json.loads((tmp_path / "two" / "report.json").read_text())
+    training = report["training"]
+    assert training["processes"] == 2
+    # the point of sharding: rank 0 holds about half of the weights of the blocks
+    sharded = training["sharded_base"]
+    assert sharded["blocks"] == 2
+    whole = one.report["training"].get("sharded_base")
+    assert whole is None
+    base = sharded["parameters"]
+    blocks_share = base - sharded["parameters_on_rank_0"]  # what rank 0 does not hold
+    assert 0.25 * base < blocks_share < 0.5 * base
+    for mine, theirs in zip(one.report["pairs"], report["pairs"], strict=True):
+        for key in ("ref_logp_chosen", "ref_logp_rejected", "policy_logp_chosen"):
+            assert theirs[key] == pytest.approx(mine[key], abs=1e-3)
+    assert [row["before"] for row in report["eval"]] == [
+        row["before"] for row in one.report["eval"]
+    ]
+    assert [row["after"] for row in report["eval"]] == [row["after"] for row in one.report["eval"]]
+    metrics = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert metrics["loss"] == pytest.approx(one.metrics["loss"], abs=1e-4)
+    assert metrics["eval/flagged_fixed"] == one.metrics["eval/flagged_fixed"]
+    assert ran.stdout.count("wrote ") == 1
+
+
+def test_shard_base_needs_several_processes(tiny_model_dir, tmp_path):
+    config = TrainConfig(model=str(tiny_model_dir), shard_base=True)
+    with pytest.raises(EngineError, match="torchrun --nproc-per-node"):
+        train(config, pairs=PAIRS, out_dir=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_shard_base_refuses_a_4bit_base_saying_why(tiny_model_dir, tmp_path):
+    config = TrainConfig(model=str(tiny_model_dir), shard_base=True, quantize="4bit")
+    with pytest.raises(EngineError, match="4bit is not supported: FSDP shards floating-point"):
+        train(config, pairs=PAIRS, out_dir=tmp_path / "out")
