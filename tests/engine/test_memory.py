@@ -7,6 +7,8 @@ weights; the estimate compared is the plan's, less its fixed allowance for the a
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -214,3 +216,33 @@ def test_a_config_json_without_the_shape_trains_as_before(tmp_path) -> None:
     )
     assert (plan.micro_batch_size, plan.gradient_checkpointing, plan.fits) == (8, False, True)
     assert plan.summary().startswith("no memory estimate (config.json has none of hidden_size)")
+
+
+def test_a_base_sharded_across_gpus_needs_its_share_of_the_weights_on_each() -> None:
+    shape = ModelShape.from_config(LLAMA_70B)
+    whole = estimate(shape, _workload(), micro_batch_size=1, checkpointing=True)
+    sharded = estimate(
+        shape, replace(_workload(), shards=2), micro_batch_size=1, checkpointing=True
+    )
+    # half the blocks, plus the head and two blocks gathered whole
+    assert whole["weights"] / 2 < sharded["weights"] < 0.55 * whole["weights"]
+    assert sharded["lora_and_optimizer"] == pytest.approx(whole["lora_and_optimizer"] / 2, 1e-6)
+    with pytest.raises(EngineError):  # 70B in bf16 does not fit 80 GiB...
+        plan_memory(shape, _workload(), available_bytes=80 * GIB)
+    plan = plan_memory(shape, replace(_workload(), shards=2), available_bytes=80 * GIB)
+    assert plan.fits  # ...but half of it does
+
+
+def test_refusal_names_the_shard_flag_and_the_gpu_count() -> None:
+    with pytest.raises(EngineError) as refused:
+        plan_memory(ModelShape.from_config(LLAMA_70B), _workload(), available_bytes=80 * GIB)
+    assert "2 such GPUs with the base sharded (--shard-base" in str(refused.value)
+    assert "not in Patchwise" not in str(refused.value)
+    # already sharded across 2 GPUs of 40 GiB: more of them
+    with pytest.raises(EngineError) as refused:
+        plan_memory(
+            ModelShape.from_config(LLAMA_70B),
+            replace(_workload(), shards=2),
+            available_bytes=40 * GIB,
+        )
+    assert "5 such GPUs with the base sharded" in str(refused.value)

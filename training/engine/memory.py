@@ -19,6 +19,10 @@ The estimate adds up the tensors a step holds at its peak:
 - the passes without gradients (reference log-probs, greedy answers) need far less and are
   checked too, with their KV caches.
 
+With the base sharded across N GPUs (``--shard-base``, FSDP), each GPU holds 1/N of the weights
+and of the patch, plus the output head whole and two blocks gathered whole (the one running
+and the next); the activations are its own share of the batch, as without sharding.
+
 Checked against measured peaks in tests/engine/test_memory.py (CPU, small shapes) and
 bench/gpu_bench.py (GPU). Pure Python: a web process can plan a job without torch.
 """
@@ -145,6 +149,7 @@ class Workload:
     prefix_sharing: bool = True  # without checkpointing, the prompt runs once for both answers
     generation_prompts: int = 0  # eval prompts answered greedily (0: no eval)
     max_new_tokens: int = 64
+    shards: int = 1  # GPUs the base is split across (--shard-base); 1: each holds all of it
 
 
 @dataclass
@@ -226,12 +231,20 @@ def _block_bytes_per_token(shape: ModelShape, dtype_bytes: int) -> float:
 
 
 def weights_bytes(shape: ModelShape, workload: Workload) -> int:
+    """The base's weights on one GPU: all of them, or with ``shards`` > 1 the GPU's share of the
+    blocks and embeddings, the output head whole (tied: the embeddings whole, as one tensor)
+    and two blocks gathered whole at a time."""
     if workload.quantize == "4bit":
         return int(
             shape.linear_parameters() * NF4_BYTES_PER_PARAMETER
             + shape.other_parameters() * workload.dtype_bytes
         )
-    return shape.parameters() * workload.dtype_bytes
+    whole = shape.parameters() * workload.dtype_bytes
+    if workload.shards <= 1:
+        return whole
+    head = shape.vocabulary * shape.hidden * workload.dtype_bytes
+    sharded = whole - head
+    return int(head + sharded / workload.shards + 2 * sharded / shape.layers)
 
 
 def estimate(
@@ -260,7 +273,7 @@ def estimate(
     # head output, its float32 copy, and in the backward pass softmax and gradients (measured)
     logits = chunk * shape.vocabulary * (b + 20)
     weights = weights_bytes(shape, workload)
-    patch = shape.lora_parameters(workload.lora_r) * LORA_BYTES_PER_PARAMETER
+    patch = shape.lora_parameters(workload.lora_r) * LORA_BYTES_PER_PARAMETER / workload.shards
     training = weights + patch + activations + transient + logits
     inference = weights + patch + inference_bytes(shape, workload, micro_batch_size)
     peak = max(training, inference)
@@ -344,16 +357,18 @@ def refusal(shape: ModelShape, workload: Workload, smallest: MemoryPlan) -> str:
     if workload.quantize is None:
         quantized = estimate(
             shape,
-            Workload(**{**asdict(workload), "quantize": "4bit"}),
+            Workload(**{**asdict(workload), "quantize": "4bit", "shards": 1}),  # not sharded
             micro_batch_size=1,
             checkpointing=True,
         )["total"]
         if quantized <= available:
             options.append(f"--quantize 4bit (about {quantized / GIB:.1f} GiB)")
     gpus = gpus_needed(shape, workload, available)
-    if gpus is not None:
-        # gpus > 1 replicates the base (data parallel); sharding it is not built (README)
-        options.append(f"{gpus} such GPUs with the weights sharded (FSDP, not in Patchwise yet)")
+    if gpus is not None:  # sharding splits the bf16 base (FSDP does not shard a 4-bit one)
+        options.append(
+            f"{gpus} such GPUs with the base sharded (--shard-base under torchrun "
+            f"--nproc-per-node {gpus}; a job's config: gpus {gpus}, shard_base true)"
+        )
     else:
         options.append(f"more than {GPUS_PER_NODE} such GPUs")
     return (
@@ -366,12 +381,13 @@ def refusal(shape: ModelShape, workload: Workload, smallest: MemoryPlan) -> str:
 
 
 def gpus_needed(shape: ModelShape, workload: Workload, per_gpu_bytes: int) -> int | None:
-    """The fewest GPUs of ``per_gpu_bytes`` that hold the job at micro-batch 1 with
-    checkpointing when the weights are split between them (FSDP); None past one node."""
-    breakdown = estimate(shape, workload, micro_batch_size=1, checkpointing=True)
-    rest = breakdown["total"] - breakdown["weights"]
-    for gpus in range(2, GPUS_PER_NODE + 1):
-        if breakdown["weights"] / gpus + rest <= per_gpu_bytes:
+    """The fewest GPUs of ``per_gpu_bytes`` (more than the job has now) that hold the job at
+    micro-batch 1 with checkpointing when the bf16 base is sharded across them
+    (``--shard-base``); None past one node."""
+    for gpus in range(max(2, workload.shards + 1), GPUS_PER_NODE + 1):
+        sharded = Workload(**{**asdict(workload), "quantize": None, "shards": gpus})
+        needed = estimate(shape, sharded, micro_batch_size=1, checkpointing=True)["total"]
+        if needed <= per_gpu_bytes:
             return gpus
     return None
 

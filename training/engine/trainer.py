@@ -258,6 +258,7 @@ def plan_job(
         prefix_sharing=config.prefix_sharing,
         generation_prompts=len(items),
         max_new_tokens=config.max_new_tokens,
+        shards=processes if config.shard_base else 1,
     )
     if config.max_memory is not None:
         available, source = int(config.max_memory * GIB), "--max-memory"
