@@ -96,6 +96,7 @@ def launch_plan(
         quantize=config.get("quantize"),
         generation_prompts=len(eval_items),
         max_new_tokens=max_new,
+        shards=gpus if config.get("shard_base") else 1,
     )
     available, source = worker_memory_bytes(config)
     return plan_memory(

@@ -50,6 +50,7 @@ LAUNCH_KEYS = (
     "gradient_checkpointing",
     "quantize",
     "max_memory",
+    "shard_base",
     "drift_tolerance",
 )
 # Config keys that are the worker's business, not the engine's: how many GPUs (one process
@@ -122,6 +123,11 @@ def resolve_config(config: dict[str, Any] | None) -> dict[str, Any]:
         raise JobRefused(str(error)) from None
     values = engine_config.to_dict()
     check_gpus(gpus, batch_size=values["batch_size"])
+    if values["shard_base"] and gpus < 2:
+        raise JobRefused(
+            "config: 'shard_base' splits the base across several GPUs; set 'gpus' to 2 or more "
+            "(a base that fits one GPU trains without it)"
+        )
     return {key: values[key] for key in LAUNCH_KEYS} | {"gpus": gpus}
 
 

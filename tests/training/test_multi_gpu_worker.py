@@ -148,7 +148,7 @@ def test_every_launch_key_reaches_the_engine_cli_unchanged(model_folder, setting
     settings.PATCHWISE_WORKER_GPUS = 2
     given = {"beta": 0.2, "loss": "ipo", "sft_weight": 0.5, "sft_warmup_epochs": 1, "lr": 2e-4,
              "epochs": 7, "batch_size": 4, "lora_r": 8, "seed": 3, "retain_weight": 0.0,
-             "gpus": 2}  # fmt: skip
+             "gpus": 2, "shard_base": True}  # fmt: skip
     resolved = services.resolve_config(given)
     engine = {k: v for k, v in resolved.items() if k not in services.WORKER_KEYS}
     parser = argparse.ArgumentParser()

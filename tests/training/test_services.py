@@ -118,6 +118,19 @@ def test_a_job_asks_for_gpus_up_to_what_its_worker_has(project, curator, model_f
     assert TrainingJob.objects.count() == 2
 
 
+def test_a_job_shards_its_base_only_across_several_gpus(project, curator, model_folder, settings):
+    settings.PATCHWISE_WORKER_GPUS = 2
+    assert enqueue(project, curator).config["shard_base"] is False  # the default, shown
+    assert enqueue(project, curator, gpus=2, shard_base=True).config["shard_base"] is True
+    with pytest.raises(services.JobRefused, match="'shard_base' splits the base .* 'gpus' to 2"):
+        enqueue(project, curator, shard_base=True)
+    with pytest.raises(services.JobRefused, match="'shard_base' with 'quantize' 4bit is not"):
+        enqueue(project, curator, gpus=2, shard_base=True, quantize="4bit")
+    with pytest.raises(services.JobRefused, match="'shard_base' must be true or false"):
+        enqueue(project, curator, gpus=2, shard_base="yes")
+    assert TrainingJob.objects.count() == 2
+
+
 def test_annotators_cannot_launch_or_cancel(project, curator, annotator, model_folder):
     with pytest.raises(PermissionDenied):
         enqueue(project, annotator)

@@ -191,6 +191,12 @@ def validate_config(config: TrainConfig) -> None:
         and 0 <= config.seed <= MAX_SEED,
         SEED_RULE,
     )
+    _require(isinstance(config.shard_base, bool), "'shard_base' must be true or false")
+    _require(
+        not (config.shard_base and config.quantize),
+        "'shard_base' with 'quantize' 4bit is not supported: FSDP shards floating-point weights "
+        "and the 4-bit base is stored as uint8; shard the bf16 base instead",
+    )
     if config.lora_alpha is not None:
         _require(
             isinstance(config.lora_alpha, int | float) and config.lora_alpha > 0,

@@ -202,11 +202,6 @@ def _sharding(config: TrainConfig, ranks: Ranks, base: LoadedBase | None) -> Ran
     """``ranks``, marked sharded when the job asks for ``shard_base``; refuses where it cannot."""
     if not config.shard_base:
         return ranks
-    if config.quantize:
-        raise EngineError(
-            "--shard-base with --quantize 4bit is not supported: FSDP shards floating-point "
-            "weights, and the 4-bit base is stored as uint8; shard the bf16 base instead"
-        )
     if not ranks.distributed:
         raise EngineError(
             "--shard-base splits the base across several processes: start the engine with "
