@@ -241,7 +241,7 @@ def shard_base(model: torch.nn.Module, ranks: Ranks) -> int:
     """Split every decoder block of ``model`` (the patch already attached) across the ranks with
     FSDP2, then the decoder around them (its embeddings and last norm); returns how many blocks.
     The output head stays whole on every rank (the log-probs call it on its own, a chunk of
-    tokens at a time; no patch on it).
+    tokens at a time; no patch on it), and so do embeddings tied to it.
 
     Gradients are summed, not averaged: the losses are already divided by the whole step's
     counts (as in the data-parallel path). Plain SUM rather than NCCL's pre-multiplied sum,
@@ -254,8 +254,11 @@ def shard_base(model: torch.nn.Module, ranks: Ranks) -> int:
     global _SHARDED
     blocks = decoder_blocks(model)
     decoder = next(m for m in model.modules() if any(c is blocks for c in m.children()))
+    # a head tied to the input embeddings keeps that one tensor whole (the head runs unsharded)
+    head = model.get_output_embeddings()
+    kept_whole = set(head.parameters()) if head is not None else set()
     for module in [*blocks, decoder]:
-        fully_shard(module)
+        fully_shard(module, ignored_params=kept_whole if module is decoder else None)
         module.set_gradient_divide_factor(1.0)
         module.set_force_sum_reduction_for_comms(True)
     _SHARDED = True
