@@ -49,8 +49,8 @@ def line_chart(
     header = format_html(
         '<svg class="chart" viewBox="0 0 {} {}" width="{}" height="{}" role="img" '
         'aria-label="{}"><title>{}</title>'
-        '<text x="{}" y="15" font-size="12" font-weight="600" fill="#1c2330">{}</text>',
-        WIDTH, HEIGHT, WIDTH, HEIGHT, title, title, LEFT, title,
+        '<text x="4" y="15" font-size="12" font-weight="600" fill="#1c2330">{}</text>',
+        WIDTH, HEIGHT, WIDTH, HEIGHT, title, title, title,
     )  # fmt: skip
     if not points:
         body = format_html(

@@ -66,7 +66,15 @@ def test_the_job_page_keeps_polling_when_the_reward_margin_goes_negative(
 
     def progress(step: int, margins: list[float]) -> None:
         series = [
-            {"step": i, "loss": 0.69 - m / 10, "rewards/margins": m, "rewards/accuracies": 0.5}
+            {
+                "step": i,
+                "loss": 0.69 - m / 10,
+                "rewards/margins": m,
+                "rewards/accuracies": 0.5,
+                "eval/flagged_fixed": 0.5,
+                "eval/preferring": 0.5,
+                "eval/within_tolerance": 1.0,
+            }
             for i, m in enumerate(margins, 1)
         ]
         job_record_progress(
@@ -92,7 +100,17 @@ def test_the_job_page_keeps_polling_when_the_reward_margin_goes_negative(
     page.wait_for_selector("#job-progress-text:text('step 4 of 20')")
     assert "last -1.75" in margins_chart.text_content()
     assert margins_chart.locator("line[stroke-dasharray]").count() == 1
-    assert page.locator("#charts svg").count() == 3
+    assert page.locator("#charts svg").count() == 6  # three per step, three per epoch
+    # Every chart is drawn whole, inside the card, none on top of another.
+    card = page.locator("#charts").bounding_box()
+    boxes = [svg.bounding_box() for svg in page.locator("#charts svg").all()]
+    for box in boxes:
+        assert card["x"] <= box["x"] and box["x"] + box["width"] <= card["x"] + card["width"]
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1 :]:
+            apart_x = a["x"] + a["width"] <= b["x"] or b["x"] + b["width"] <= a["x"]
+            apart_y = a["y"] + a["height"] <= b["y"] or b["y"] + b["height"] <= a["y"]
+            assert apart_x or apart_y, (a, b)
     assert not server_errors, server_errors
 
 
