@@ -4,9 +4,14 @@ blocks (FSDP2) and still train the patch one process trains."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 
 import pytest
 
+from tests.conftest import ROOT
 from tests.engine.test_distributed import (
     EVAL,
     PAIRS,
@@ -15,6 +20,8 @@ from tests.engine.test_distributed import (
     write_jsonl,
 )
 from training.engine import EngineError, TrainConfig, train
+from training.engine.evaluate import generate_greedy_ids
+from training.engine.modeling import load_base
 
 # three flagged prompts and seven items: the ranks' shares of the answers differ in length
 EVAL_ODD = [*EVAL, {"prompt": "support answers every", "expected": " ticket", "kind": "flagged"}]
@@ -77,3 +84,40 @@ def test_shard_base_refuses_a_4bit_base_saying_why(tiny_model_dir, tmp_path):
     config = TrainConfig(model=str(tiny_model_dir), shard_base=True, quantize="4bit")
     with pytest.raises(EngineError, match="4bit is not supported: FSDP shards floating-point"):
         train(config, pairs=PAIRS, out_dir=tmp_path / "out")
+
+
+@pytest.mark.slow
+def test_sharded_answers_that_end_at_different_steps_do_not_hang(tiny_model_dir, tmp_path):
+    """Each greedy step gathers the blocks from every rank: a rank whose answer ended keeps
+    stepping until the other's has (else the other would wait for it forever)."""
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model_dir)
+    prompts = ["the refund window is", "hello what is"]
+    base = load_base(model_dir)
+    answers = generate_greedy_ids(base.model, base.tokenizer, prompts, 16)
+    # a token the first answer says early and the second never: make it an end of answer
+    stop = next(token for token in answers[0][1:6] if token not in answers[1])
+    generation = json.loads((model_dir / "generation_config.json").read_text())
+    generation["eos_token_id"] = [base.tokenizer.eos_token_id, stop]
+    (model_dir / "generation_config.json").write_text(json.dumps(generation))
+    flagged = [
+        {"prompt": prompt, "expected": " thirty days", "kind": "flagged"} for prompt in prompts
+    ]
+    flags = ["--epochs", "1", "--batch-size", "2", "--seed", "3"]
+    reports = []
+    for name, processes in (("one", []), ("two", ["--shard-base"])):
+        args = ["-m", "training.engine", "train", "--model", str(model_dir),
+                "--pairs", str(write_jsonl(tmp_path / "pairs.jsonl", PAIRS[:2])),
+                "--eval", str(write_jsonl(tmp_path / "eval.jsonl", flagged)),
+                "--out", str(tmp_path / name), *flags, *processes]  # fmt: skip
+        if processes:
+            ran = torchrun(args, tmp_path, timeout=300, PATCHWISE_DIST_TIMEOUT_S="60")
+        else:
+            ran = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True,
+                                 text=True, timeout=300, env={**os.environ,
+                                 "PATCHWISE_CACHE_DIR": str(tmp_path / "cache-1")})  # fmt: skip
+        assert ran.returncode == 0, ran.stderr[-3000:]
+        reports.append(json.loads((tmp_path / name / "report.json").read_text()))
+    one, two = ([row["before"] for row in report["eval"]] for report in reports)
+    assert len(one[0]) < len(one[1])  # the first answer did end early
+    assert two == one
