@@ -80,6 +80,7 @@ def build_tiny_model(
     hidden: int = 32,
     layers: int = 2,
     seed: int = 0,
+    tie_word_embeddings: bool = False,
 ) -> Path:
     """A random-init Llama with the tiny tokenizer; with ``end_of_turn``, its generation config
     lists both eos and ``<|eot|>``, as Llama 3 Instruct's does."""
@@ -96,7 +97,7 @@ def build_tiny_model(
         bos_token_id=fast.bos_token_id,
         eos_token_id=fast.eos_token_id,
         pad_token_id=fast.pad_token_id,
-        tie_word_embeddings=False,
+        tie_word_embeddings=tie_word_embeddings,
         initializer_range=0.2,  # logits wide enough for a LoRA to make one answer likely
     )
     model = LlamaForCausalLM(config)

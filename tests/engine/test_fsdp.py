@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from tests.conftest import ROOT
+from tests.engine.conftest import build_tiny_model
 from tests.engine.test_distributed import (
     EVAL,
     PAIRS,
@@ -121,3 +122,40 @@ def test_sharded_answers_that_end_at_different_steps_do_not_hang(tiny_model_dir,
     one, two = ([row["before"] for row in report["eval"]] for report in reports)
     assert len(one[0]) < len(one[1])  # the first answer did end early
     assert two == one
+
+
+@pytest.mark.slow
+def test_sharded_tied_base_with_a_deployed_adapter_and_checkpointing(tmp_path):
+    """Embeddings tied to the head (kept whole), a deployed adapter under the patch (and the
+    combined adapter written from the gathered patch), gradient checkpointing and one pair per
+    forward pass, 5 pairs a step (3 and 2 per rank): still the one-process adapter."""
+    tied = build_tiny_model(tmp_path / "tied", tie_word_embeddings=True)
+    deployed = tmp_path / "deployed"
+    train(
+        TrainConfig(
+            model=str(tied),
+            epochs=1,
+            batch_size=4,
+            lr=5e-3,
+            lora_r=4,
+            ref_cache_dir=str(tmp_path / "cache-0"),
+        ),  # fmt: skip
+        pairs=PAIRS[:4],
+        out_dir=deployed,
+    )
+    flags = ["--adapter", str(deployed), "--epochs", "2", "--batch-size", "5",
+             "--micro-batch-size", "1", "--gradient-checkpointing", "--lr", "5e-3"]  # fmt: skip
+    for name, extra in (("one", []), ("two", ["--shard-base"])):
+        args = ["-m", "training.engine", "train", "--model", str(tied),
+                "--pairs", str(write_jsonl(tmp_path / "pairs.jsonl", PAIRS)),
+                "--out", str(tmp_path / name), *flags, *extra]  # fmt: skip
+        if extra:
+            ran = torchrun(args, tmp_path, timeout=600)
+        else:
+            ran = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True,
+                                 text=True, timeout=600, env={**os.environ,
+                                 "PATCHWISE_CACHE_DIR": str(tmp_path / "cache-1")})  # fmt: skip
+        assert ran.returncode == 0, ran.stderr[-3000:]
+    assert_same_adapter(tmp_path / "one", tmp_path / "two", lr=5e-3)
+    # the combined adapter's A matrices carry the patch's scale (alpha / r = 2)
+    assert_same_adapter(tmp_path / "one" / "combined", tmp_path / "two" / "combined", lr=1e-2)
