@@ -58,7 +58,14 @@ class LaunchForm(forms.Form):
         initial=1,
         label="GPUs",
         help_text="GPUs of the worker's node to train on; above 1, each step's pairs are split "
-        "across them (faster; each GPU still holds the whole model).",
+        "across them (faster; each GPU still holds the whole model unless it is sharded).",
+    )
+    shard_base = forms.BooleanField(
+        required=False,
+        initial=_DEFAULTS.shard_base,
+        label="Shard the model across the GPUs",
+        help_text="Each GPU holds 1/N of the model (FSDP): for a model too big for one GPU. "
+        "Needs 2 GPUs or more; not with a 4-bit model.",
     )
 
     ADVANCED = (
@@ -70,6 +77,7 @@ class LaunchForm(forms.Form):
         "lora_r",
         "drift_tolerance",
         "gpus",
+        "shard_base",
     )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -79,6 +87,7 @@ class LaunchForm(forms.Form):
             self.fields["gpus"].widget.attrs["max"] = settings.PATCHWISE_WORKER_GPUS
         else:  # a one-GPU worker: nothing to choose
             del self.fields["gpus"]
+            del self.fields["shard_base"]
 
     def basic_fields(self) -> list[forms.BoundField]:
         return [self[name] for name in self.fields if name not in self.ADVANCED]

@@ -189,6 +189,23 @@ def test_launch_form_offers_the_gpus_of_the_workers_node(curator_client, project
     assert "&#x27;gpus&#x27; is 5 but a gpu worker has 4" in refused.content.decode()
 
 
+def test_launch_form_shards_the_model_across_several_gpus(curator_client, project, model_folder,
+                                                          settings):  # fmt: skip
+    url = reverse("training:project_jobs", args=["shop"])
+    assert 'name="shard_base"' not in curator_client.get(url).content.decode()  # one GPU
+
+    settings.PATCHWISE_WORKER_GPUS = 2
+    assert 'name="shard_base"' in curator_client.get(url).content.decode()
+    fields = {"model": str(model_folder), "epochs": 2, "beta": 0.1, "loss": "sigmoid",
+              "sft_weight": 1, "lr": 0.001, "lora_r": 16}  # fmt: skip
+    response = curator_client.post(url, {**fields, "gpus": 2, "shard_base": "on"})
+    assert response.status_code == 302
+    assert TrainingJob.objects.get().config["shard_base"] is True
+    refused = curator_client.post(url, {**fields, "gpus": 1, "shard_base": "on"})
+    assert refused.status_code == 400 and TrainingJob.objects.count() == 1
+    assert "splits the base across several GPUs" in refused.content.decode()
+
+
 def test_finished_job_page_says_plainly_when_the_patch_is_bad(curator_client, finished_job):
     page = curator_client.get(reverse("training:job_detail", args=[finished_job.pk]))
     html = page.content.decode()
