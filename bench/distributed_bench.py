@@ -8,7 +8,9 @@ stopping (no eval file), each run with an empty reference cache. Rows:
 
 - 1 process, 2 threads: all of the machine's 2 cores in one process (intra-op threads);
 - 1 process, 1 thread;
-- 2 processes, 1 thread each: torchrun --nproc-per-node 2, the global batch split in two.
+- 2 processes, 1 thread each: torchrun --nproc-per-node 2, the global batch split in two;
+- 2 processes, base sharded: the same with ``--shard-base`` (FSDP2: each process holds half
+  of the base's blocks and gathers each block from the other for every pass).
 
 "wall s" is the whole command (Python start, imports, model load, reference pass, training,
 saving); "reference s" and "train s" come from report.json's timings (rank 0's). The issue's
@@ -73,6 +75,7 @@ def main() -> int:
         ("1 process, 2 threads", [sys.executable, *engine], 2),
         ("1 process, 1 thread", [sys.executable, *engine], 1),
         ("2 processes, 1 thread each", [*torchrun, *engine], 1),
+        ("2 processes, base sharded", [*torchrun, *engine, "--shard-base"], 1),
     ]
     results: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in setups}
     for attempt in range(args.runs):
