@@ -40,6 +40,29 @@ def _plottable(row: dict[str, Any], key: str) -> bool:
     )
 
 
+class _Axis:
+    """Where a value falls between an axis's ends, as a fraction. Values are divided by the
+    largest magnitude before they are subtracted, so that a series spanning -1e308..1e308 does
+    not overflow to inf; a flat series is padded (by ``pad``, or 1 % of its value when that is
+    more, since 1e20 + 0.5 is still 1e20) so that it sits mid-axis."""
+
+    def __init__(self, values: Sequence[float], *, pad: float) -> None:
+        self.scale = max(abs(min(values)), abs(max(values)), 1.0)
+        self.lo, self.hi = min(values) / self.scale, max(values) / self.scale  # in [-1, 1]
+        if self.hi == self.lo:
+            margin = max(pad / self.scale, abs(self.lo) * 0.01)
+            self.lo, self.hi = self.lo - margin, self.hi + margin
+        self.low = self._unscaled(self.lo, min(values))
+        self.high = self._unscaled(self.hi, max(values))
+
+    def _unscaled(self, value: float, fallback: float) -> float:
+        unscaled = value * self.scale
+        return unscaled if math.isfinite(unscaled) else fallback
+
+    def fraction(self, value: float) -> float:
+        return (value / self.scale - self.lo) / (self.hi - self.lo)
+
+
 def line_chart(
     series: Sequence[dict[str, Any]], key: str, *, title: str | None = None, colour: str = "#2f5bd3"
 ) -> SafeString:
@@ -60,28 +83,14 @@ def line_chart(
         )
         return format_html("{}{}</svg>", header, body)
     xs, ys = [p[0] for p in points], [p[1] for p in points]
-    x_min, x_max = min(xs), max(xs)
-    y_min, y_max = min(ys), max(ys)
-    if y_max == y_min:
-        # A flat line sits mid-chart; the pad grows with the value so that it is not lost in
-        # rounding (1e20 + 0.5 is still 1e20).
-        pad = max(0.5, abs(y_min) * 0.01)
-        y_min, y_max = y_min - pad, y_max + pad
-    if x_max == x_min:
-        x_max = x_min + max(1.0, abs(x_min) * 0.01)
+    x_axis, y_axis = _Axis(xs, pad=1.0), _Axis(ys, pad=0.5)
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
-    # Values are scaled before they are subtracted, so that a series spanning -1e308..1e308
-    # does not overflow to inf.
-    x_scale = max(abs(x_min), abs(x_max), 1.0)
-    y_scale = max(abs(y_min), abs(y_max), 1.0)
 
     def sx(x: float) -> float:
-        span = x_max / x_scale - x_min / x_scale
-        return LEFT + (x / x_scale - x_min / x_scale) / span * plot_w
+        return LEFT + x_axis.fraction(x) * plot_w
 
     def sy(y: float) -> float:
-        span = y_max / y_scale - y_min / y_scale
-        return TOP + (1 - (y / y_scale - y_min / y_scale) / span) * plot_h
+        return TOP + (1 - y_axis.fraction(y)) * plot_h
 
     path = " ".join(f"{_coord(sx(x))},{_coord(sy(y))}" for x, y in points)
     axes = format_html(
@@ -92,10 +101,11 @@ def line_chart(
         '<text x="{l}" y="{xl}" font-size="10" fill="#5b6577">step {xmin}</text>'
         '<text x="{r}" y="{xl}" font-size="10" text-anchor="end" fill="#5b6577">{xmax}</text>',
         l=LEFT, r=WIDTH - RIGHT, t=TOP, b=HEIGHT - BOTTOM, lt=LEFT - 4, ty=TOP + 8,
-        xl=HEIGHT - 6, ymax=_fmt(y_max), ymin=_fmt(y_min), xmin=_step(min(xs)), xmax=_step(max(xs)),
+        xl=HEIGHT - 6, ymax=_fmt(y_axis.high), ymin=_fmt(y_axis.low),
+        xmin=_step(min(xs)), xmax=_step(max(xs)),
     )  # fmt: skip
     zero = ""
-    if y_min < 0 < y_max:
+    if y_axis.low < 0 < y_axis.high:
         zero = format_html(
             '<line x1="{}" y1="{}" x2="{}" y2="{}" stroke="#dde2ea" stroke-dasharray="3 3"/>',
             LEFT, _coord(sy(0)), WIDTH - RIGHT, _coord(sy(0)),

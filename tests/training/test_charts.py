@@ -95,3 +95,13 @@ def test_the_three_job_charts_render_together_with_a_negative_margin():
     html = str(job_charts(rows))
     assert len(re.findall(r"<svg ", html)) == 3
     assert html.count("stroke-dasharray") == 1  # only the margins cross zero
+
+
+def test_the_largest_floats_stay_on_the_chart():
+    """Found by the property test: padding a flat series at the float limit overflowed to inf,
+    and every point became NaN."""
+    for flat in (1.7976931348623157e308, -1.7976931348623157e308):
+        points = polyline_points(line_chart(series_of([flat, flat]), "rewards/margins"))
+        assert [y for _, y in points] == [points[0][1]] * 2 and 0 < points[0][1] < HEIGHT
+    spread = polyline_points(line_chart(series_of([-1e308, 1e308]), "rewards/margins"))
+    assert spread[0][1] > spread[1][1]
