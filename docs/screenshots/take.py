@@ -5,8 +5,8 @@
 
 `make up` (or `python manage.py seed_demo`) prints the demo users' passwords. The walk logs in
 through the login form as a person would and saves one PNG per page next to this file (or in
---out): login, projects, compare (and its editor, and on a phone), report, cases, import, team,
-jobs, job, rounds, round.
+--out): login, projects, compare (and its editor, and on a phone), report, cases, a case,
+import, team, jobs, job, rounds, round.
 
 The demo starts with pairs nobody has judged, no job and no round. With --prepare the walk
 makes them first, through the pages: the annotator judges the open pairs (the side whose text
@@ -186,6 +186,15 @@ def curator_pages(walk: Walk, account: str, args: argparse.Namespace) -> None:
     ):
         walk.visit(page, path, name)
         walk.shoot(page, name)
+
+    # One flagged case, with its checks and their preview against the case's answers.
+    walk.visit(page, f"/p/{slug}/cases/?split=train", "cases")
+    case_link = page.locator("table a[href*='/cases/']")
+    if case_link.count():
+        walk.visit(page, case_link.last.get_attribute("href"), "case")
+        walk.shoot(page, "case")
+    else:
+        walk.skip("case", "the project has no flagged case")
 
     team = page.locator(".subnav a", has_text=re.compile("team", re.I))
     if team.count():
