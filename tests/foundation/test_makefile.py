@@ -15,7 +15,11 @@ pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU 
 
 
 def _dry_run(target: str, *variables: str, path: str | None = None) -> list[str]:
-    env = {**os.environ, "PATH": path or os.environ["PATH"]}
+    # Under `make test TORCH=...` (as CI runs it) the outer make passes its command-line
+    # variables down through MAKEFLAGS; the dry run must see only what a user would type.
+    inherited = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES", "TORCH")
+    env = {key: value for key, value in os.environ.items() if key not in inherited}
+    env["PATH"] = path or os.environ["PATH"]
     result = subprocess.run(
         ["make", "-n", target, "VENV=/nonexistent-venv", *variables],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
