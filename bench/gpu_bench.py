@@ -36,6 +36,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench._word_tokenizer import SPECIALS, save_word_tokenizer  # noqa: E402
+
 SHAPES = {
     "1b": dict(hidden_size=2048, num_hidden_layers=16, num_attention_heads=32,
                num_key_value_heads=8, intermediate_size=8192, head_dim=64,
@@ -54,27 +56,15 @@ SETTINGS = [  # name, config overrides
 # dense bf16 peak FLOP/s by device name (no sparsity)
 PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12,
               "A10G": 70e12}  # fmt: skip
-SPECIALS = 4
 
 
 def build(folder: Path, shape: str, device: str) -> None:
     """A random-init Llama of the shape and a word-level tokenizer (one word, one token)."""
     import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     vocab_size = VOCAB[shape]
-    vocab = {"<s>": 0, "</s>": 1, "<pad>": 2, "<unk>": 3}
-    vocab.update({f"w{i}": i + SPECIALS for i in range(vocab_size - SPECIALS)})
-    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="<s> $A", special_tokens=[("<s>", 0)]
-    )
-    PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-        unk_token="<unk>",
-    ).save_pretrained(folder)  # fmt: skip
+    save_word_tokenizer(folder, vocab_size)
     config = LlamaConfig(
         vocab_size=vocab_size, max_position_embeddings=2048, bos_token_id=0, eos_token_id=1,
         pad_token_id=2, **SHAPES[shape],

@@ -31,6 +31,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from bench._word_tokenizer import save_word_tokenizer  # noqa: E402
+
 GIB = 2**30
 
 
@@ -45,28 +48,11 @@ def build(folder: Path, args: argparse.Namespace) -> int:
         intermediate_size=args.intermediate or 4 * args.hidden, tie_word_embeddings=True,
         max_position_embeddings=2048, bos_token_id=0, eos_token_id=1, pad_token_id=2,
     )  # fmt: skip
-    _tokenizer(folder, args.vocab)
+    save_word_tokenizer(folder, args.vocab)
     torch.manual_seed(0)
     model = LlamaForCausalLM(config)
     model.save_pretrained(folder)
     return sum(p.numel() * p.element_size() for p in model.parameters())
-
-
-def _tokenizer(folder: Path, vocab_size: int) -> None:
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"<s>": 0, "</s>": 1, "<pad>": 2, "<unk>": 3}
-    vocab.update({f"w{i}": i + 4 for i in range(vocab_size - 4)})
-    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="<s> $A", special_tokens=[("<s>", 0)]
-    )
-    PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-        unk_token="<unk>",
-    ).save_pretrained(folder)  # fmt: skip
 
 
 def run(model: Path, pairs: Path, out: Path, flags: list[str]) -> dict:
