@@ -15,9 +15,10 @@ from training.engine.logprobs import (
     lm_parts,
     logit_chunk_tokens,
     pair_logps_concat,
+    pair_logps_packed,
     pair_logps_shared,
 )
-from training.engine.modeling import load_base
+from training.engine.modeling import gradient_checkpointing, load_base
 
 PLAIN_PAIRS = [
     {"prompt": "the refund window is", "chosen": " thirty days", "rejected": " two years"},
@@ -86,6 +87,51 @@ def test_shared_prefix_matches_concatenated_forward(
     # the shared KV cache (the concatenated forward backpropagates through them directly).
     for name, grad in plain_grads.items():
         torch.testing.assert_close(shared_grads[name], grad, atol=1e-4, rtol=0, msg=name)
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+@pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "checkpointing"])
+@pytest.mark.parametrize(
+    ("fixture", "pairs"),
+    [("tiny_model_dir", PLAIN_PAIRS), ("tiny_chat_model_dir", CHAT_PAIRS)],
+    ids=["plain", "chat_template"],
+)
+def test_packed_prefix_matches_concatenated_forward(
+    fixture: str,
+    pairs: list[dict],
+    checkpointing: bool,
+    attention: str,
+    request: pytest.FixtureRequest,
+) -> None:
+    """``prompt | chosen | rejected`` in one row (the rejected answer masked from the chosen
+    one, its positions restarting after the prompt) gives the plain forward's log-probs and
+    gradients, also with every block recomputed in the backward pass."""
+    model_dir: Path = request.getfixturevalue(fixture)
+    base = load_base(model_dir)
+    base.model.config._attn_implementation = attention
+    encoded = encode_pairs(base.tokenizer, pairs, max_length=256, max_prompt_length=128)
+    lengths = {len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in encoded}
+    assert len(lengths) > 1, "rows must need padding"
+    torch.manual_seed(0)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"])
+    config.init_lora_weights = False
+    model = get_peft_model(base.model, config)
+    try:
+        pad_id = base.tokenizer.pad_token_id
+        with gradient_checkpointing(model, checkpointing) as on:
+            assert on == checkpointing
+            packed, packed_grads = _gradients(model, pair_logps_packed, encoded, pad_id)
+        plain, plain_grads = _gradients(model, pair_logps_concat, encoded, pad_id)
+    finally:
+        model.unload()
+
+    torch.testing.assert_close(packed.chosen, plain.chosen, atol=1e-4, rtol=0)
+    torch.testing.assert_close(packed.rejected, plain.rejected, atol=1e-4, rtol=0)
+    assert packed.chosen_tokens.tolist() == [len(pair.chosen_ids) for pair in encoded]
+    assert packed.rejected_tokens.tolist() == [len(pair.rejected_ids) for pair in encoded]
+    assert packed_grads.keys() == plain_grads.keys()
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(packed_grads[name], grad, atol=1e-4, rtol=0, msg=name)
 
 
 def _completion_gradients(model, fn, prompts, completions, pad_id, **kwargs):

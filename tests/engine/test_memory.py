@@ -88,7 +88,9 @@ def _measured_step_peak(
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     with TensorBytesTracker() as tracker:
         with gradient_checkpointing(model, checkpointing):
-            policy = pair_logps(model, pairs, pad_id=0, prefix_sharing=not checkpointing)
+            policy = pair_logps(
+                model, pairs, pad_id=0, prefix_sharing=True, checkpointing=checkpointing
+            )
             nll = -policy.chosen.sum() / policy.chosen_tokens.sum()
             dpo = -F.logsigmoid(0.1 * (policy.chosen - policy.rejected)).mean()
             (dpo + nll).backward()

@@ -22,6 +22,7 @@ float32 logits are gigabytes; a chunk is 256 MiB.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import dataclass
 
@@ -288,9 +289,134 @@ def pair_logps_shared(
     return PairLogps(logps[0::2], logps[1::2], tokens[0::2], tokens[1::2])
 
 
-def pair_logps(
-    model: torch.nn.Module, pairs: list[EncodedPair], *, pad_id: int, prefix_sharing: bool
+# attention implementations that take a custom 4D mask (bool for sdpa, additive for eager)
+PACKED_ATTENTION = ("sdpa", "eager")
+
+
+def _packed_layout(
+    pairs: list[EncodedPair], pad_id: int, device: torch.device
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """One row per pair: ``prompt | chosen | rejected``, right-padded.
+
+    Returns the ids, the position ids (both answers start where the prompt ends), each
+    column's part (0 prompt, 1 chosen, 2 rejected, -1 padding), and for every answer token
+    (chosen first, then rejected, pair by pair) its row, the column whose hidden state
+    predicts it, the token itself and its sum's slot (2 * pair, + 1 for rejected).
+    """
+    width = max(len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)
+    ids = torch.full((len(pairs), width), pad_id, dtype=torch.long)
+    positions = torch.zeros((len(pairs), width), dtype=torch.long)
+    part = torch.full((len(pairs), width), -1, dtype=torch.long)
+    rows, columns, targets, slots = [], [], [], []
+    for row, pair in enumerate(pairs):
+        prompt, chosen, rejected = (
+            len(pair.prompt_ids),
+            len(pair.chosen_ids),
+            len(pair.rejected_ids),
+        )
+        ids[row, : prompt + chosen + rejected] = torch.tensor(
+            pair.prompt_ids + pair.chosen_ids + pair.rejected_ids, dtype=torch.long
+        )
+        positions[row, :prompt] = torch.arange(prompt)
+        positions[row, prompt : prompt + chosen] = torch.arange(prompt, prompt + chosen)
+        positions[row, prompt + chosen : prompt + chosen + rejected] = torch.arange(
+            prompt, prompt + rejected
+        )
+        part[row, :prompt] = 0
+        part[row, prompt : prompt + chosen] = 1
+        part[row, prompt + chosen : prompt + chosen + rejected] = 2
+        answers = ((prompt, pair.chosen_ids), (prompt + chosen, pair.rejected_ids))
+        for slot, (start, answer) in enumerate(answers, start=2 * row):
+            if not answer:
+                continue
+            # the prompt's last column predicts each answer's first token
+            columns += [prompt - 1] + list(range(start, start + len(answer) - 1))
+            rows += [row] * len(answer)
+            targets += answer
+            slots += [slot] * len(answer)
+    as_tensor = functools.partial(torch.tensor, dtype=torch.long, device=device)
+    return (
+        ids.to(device),
+        positions.to(device),
+        part.to(device),
+        as_tensor(rows),
+        as_tensor(columns),
+        as_tensor(targets),
+        as_tensor(slots),
+    )
+
+
+def _packed_mask(part: Tensor, dtype: torch.dtype, *, additive: bool) -> Tensor:
+    """(B, 1, L, L): causal, padding keys hidden, and the rejected answer blind to the chosen
+    one, so each answer sees exactly the prompt and its own earlier tokens."""
+    width = part.shape[1]
+    causal = torch.ones(width, width, dtype=torch.bool, device=part.device).tril()
+    queries, keys = part[:, :, None], part[:, None, :]
+    allowed = causal & (keys >= 0) & ~((queries == 2) & (keys == 1))
+    allowed |= torch.eye(width, dtype=torch.bool, device=part.device)  # no empty padding row
+    allowed = allowed[:, None]
+    if not additive:
+        return allowed
+    blocked = torch.zeros(allowed.shape, dtype=dtype, device=part.device)
+    return blocked.masked_fill(~allowed, torch.finfo(dtype).min)
+
+
+def packed_attention(model: torch.nn.Module) -> str | None:
+    """The model's attention implementation when it takes the packed layout's 4D mask."""
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    implementation = getattr(causal_lm.config, "_attn_implementation", None)
+    return implementation if implementation in PACKED_ATTENTION else None
+
+
+def pair_logps_packed(
+    model: torch.nn.Module,
+    pairs: list[EncodedPair],
+    *,
+    pad_id: int,
+    chunk_tokens: int | None = None,
 ) -> PairLogps:
-    if prefix_sharing:
-        return pair_logps_shared(model, pairs, pad_id=pad_id)
-    return pair_logps_concat(model, pairs, pad_id=pad_id)
+    """Prompt once, both answers after it in the SAME row: ``prompt | chosen | rejected``
+    with position ids that restart the rejected answer where the prompt ends, and a mask that
+    hides the chosen answer from the rejected one.
+
+    One forward without a KV cache, so, unlike ``pair_logps_shared``, it runs under gradient
+    checkpointing (a cache cannot be rebuilt in the backward pass). Needs an attention
+    implementation that takes a 4D mask (sdpa, eager); otherwise the plain way.
+    """
+    parts = lm_parts(model)
+    implementation = packed_attention(model)
+    if parts is None or implementation is None:
+        return pair_logps_concat(model, pairs, pad_id=pad_id, chunk_tokens=chunk_tokens)
+    device = next(model.parameters()).device
+    ids, positions, part, rows, columns, targets, slots = _packed_layout(pairs, pad_id, device)
+    dtype = parts.head.weight.dtype if parts.head.weight.is_floating_point() else torch.float32
+    mask = _packed_mask(part, dtype, additive=implementation == "eager")
+    hidden = parts.decoder(
+        input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False
+    ).last_hidden_state
+    logps = head_token_logps(parts, hidden[rows, columns], targets, chunk_tokens=chunk_tokens)
+    sums = torch.zeros(2 * len(pairs), dtype=torch.float32, device=device).index_add(
+        0, slots, logps
+    )
+    tokens = torch.tensor(
+        [n for pair in pairs for n in (len(pair.chosen_ids), len(pair.rejected_ids))],
+        device=device,
+    )
+    return PairLogps(sums[0::2], sums[1::2], tokens[0::2], tokens[1::2])
+
+
+def pair_logps(
+    model: torch.nn.Module,
+    pairs: list[EncodedPair],
+    *,
+    pad_id: int,
+    prefix_sharing: bool,
+    checkpointing: bool = False,
+) -> PairLogps:
+    """Each pair's answer log-probs, the prompt read once when ``prefix_sharing``: through its
+    KV cache, or, under gradient checkpointing (no cache), packed with both answers in a row."""
+    if not prefix_sharing:
+        return pair_logps_concat(model, pairs, pad_id=pad_id)
+    if checkpointing:
+        return pair_logps_packed(model, pairs, pad_id=pad_id)
+    return pair_logps_shared(model, pairs, pad_id=pad_id)

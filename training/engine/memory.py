@@ -146,7 +146,7 @@ class Workload:
     lora_r: int = 16
     dtype_bytes: int = 2  # 2: bf16 on a GPU; 4: fp32 on a CPU
     quantize: str | None = None
-    prefix_sharing: bool = True  # without checkpointing, the prompt runs once for both answers
+    prefix_sharing: bool = True  # the prompt runs once for both answers
     generation_prompts: int = 0  # eval prompts answered greedily (0: no eval)
     max_new_tokens: int = 64
     shards: int = 1  # GPUs the base is split across (--shard-base); 1: each holds all of it
@@ -254,8 +254,12 @@ def estimate(
     m, p, ans = micro_batch_size, workload.prompt_tokens, workload.answer_tokens
     b = workload.dtype_bytes
     per_token = _block_bytes_per_token(shape, b)
-    sharing = workload.prefix_sharing and not checkpointing
-    if sharing:
+    if workload.prefix_sharing and checkpointing:
+        # prompt | chosen | rejected packed in one row (logprobs.pair_logps_packed): no
+        # cache, one boolean [row x row] mask shared by the blocks
+        tokens = m * (p + 2 * ans)
+        context_kv = m * (p + 2 * ans) ** 2
+    elif workload.prefix_sharing:
         # the prompt once, both answers as continuations attending to its (repeated) cache
         tokens = m * p + 2 * m * ans
         context_kv = 2 * m * (p + ans) * (2 * shape.attention_dim + 2 * shape.kv_dim) * b

@@ -568,15 +568,19 @@ def _step_loss(
     weights = _weights(len(mine), real, device)
     pick_weights = _weights(len(my_picks), real_picks, device)
     micro = plan.micro_batch_size
-    # a KV cache cannot be rebuilt in the backward pass: checkpointed steps read prompts twice
-    sharing = config.prefix_sharing and not plan.gradient_checkpointing
     chosen_tokens = sum(len(pair.chosen_ids) for pair in batch)
     terms = torch.zeros(4, device=device)  # loss, dpo_loss, nll, retain_nll
     mine_policy = []
-    with gradient_checkpointing(model, plan.gradient_checkpointing):
+    with gradient_checkpointing(model, plan.gradient_checkpointing) as checkpointing:
         for start in range(0, len(mine), micro):
             part, weight = mine[start : start + micro], weights[start : start + micro]
-            policy = pair_logps(model, part, pad_id=pad_id, prefix_sharing=sharing)
+            policy = pair_logps(
+                model,
+                part,
+                pad_id=pad_id,
+                prefix_sharing=config.prefix_sharing,
+                checkpointing=checkpointing,
+            )
             index = torch.tensor([pair.index for pair in part])
             # no reference value yet (the first step's pairs): the policy is still the reference
             part_ref_chosen = ref_chosen[index].to(device)
