@@ -10,14 +10,17 @@ from peft import LoraConfig, get_peft_model
 
 from training.engine.data import encode_pairs
 from training.engine.logprobs import (
+    LMParts,
     completion_logps_concat,
     completion_logps_full_vocab,
+    head_token_logps,
     lm_parts,
     logit_chunk_tokens,
     pair_logps_concat,
     pair_logps_packed,
     pair_logps_shared,
 )
+from training.engine.memory import TensorBytesTracker
 from training.engine.modeling import gradient_checkpointing, load_base
 
 PLAIN_PAIRS = [
@@ -181,29 +184,62 @@ def test_chunked_head_keeps_at_most_a_chunk_of_logits(tiny_model_dir: Path) -> N
     assert parts is not None and parts.vocabulary == 300
 
 
+def _head_parts(vocabulary: int, hidden: int, *, softcap: float | None = None, scale=1.0):
+    torch.manual_seed(0)
+    head = torch.nn.Linear(hidden, vocabulary, bias=False).requires_grad_(False)
+    return LMParts(
+        decoder=torch.nn.Identity(),
+        head=head,
+        vocabulary=vocabulary,
+        logit_scale=scale,
+        logit_divisor=1.0,
+        softcap=softcap,
+    )
+
+
+@pytest.mark.parametrize("chunk_tokens", [None, 37], ids=["one_chunk_kept", "chunks_rebuilt"])
 @pytest.mark.parametrize(
-    ("chunk_tokens", "head_passes"),
-    [(None, 1), (13, 2 * 4)],  # 52 answer tokens: one chunk, or four chunks of 13
-    ids=["one_chunk_kept", "several_chunks_recomputed"],
+    ("scale", "softcap"),
+    [(1.0, None), (0.25, None), (1.0, 30.0)],
+    ids=["plain", "scaled", "capped"],
 )
-def test_head_is_recomputed_only_when_the_logits_come_in_several_chunks(
-    tiny_model_dir: Path, chunk_tokens: int | None, head_passes: int
+def test_head_log_probs_and_gradients_match_autograd(
+    chunk_tokens: int | None, scale: float, softcap: float | None
 ) -> None:
-    """One chunk's logits are kept for the backward pass (rebuilding them there would cost a
-    pass of the head for the same peak); several chunks are each rebuilt there, so no more
-    than one chunk's logits exist at once."""
-    base = load_base(tiny_model_dir)
-    encoded = encode_pairs(base.tokenizer, PLAIN_PAIRS, max_length=256, max_prompt_length=128)
-    model = get_peft_model(base.model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
-    calls = []
-    hook = lm_parts(model).head.register_forward_hook(lambda *_: calls.append(1))
-    try:
-        out = pair_logps_shared(
-            model, encoded, pad_id=base.tokenizer.pad_token_id, chunk_tokens=chunk_tokens
-        )
-        assert int(out.chosen_tokens.sum() + out.rejected_tokens.sum()) == 52
-        (out.chosen.sum() - out.rejected.sum()).backward()
-    finally:
-        hook.remove()
-        model.unload()
-    assert len(calls) == head_passes
+    """The head's own backward (the softmax turned into the gradient in place) gives what
+    autograd through whole-vocabulary logits gives; a softcapped head takes autograd's way."""
+    parts = _head_parts(500, 16, softcap=softcap, scale=scale)
+    targets = torch.randint(0, 500, (200,))
+    hidden = torch.randn(200, 16, requires_grad=True)
+    weights = torch.linspace(-1.0, 2.0, 200)
+    logps = head_token_logps(parts, hidden, targets, chunk_tokens=chunk_tokens)
+    (logps * weights).sum().backward()
+    ours = hidden.grad.clone()
+    hidden.grad = None
+    logits = parts.head(hidden) * scale
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    expected = torch.log_softmax(logits, -1).gather(-1, targets[:, None]).squeeze(-1)
+    (expected * weights).sum().backward()
+    torch.testing.assert_close(logps, expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(ours, hidden.grad, atol=1e-5, rtol=1e-4)
+
+
+def test_head_holds_one_float32_copy_of_a_chunk_of_logits() -> None:
+    """The peak of the head's forward and backward passes is about one chunk's float32 logits
+    (autograd's way held about five), and no more for several chunks than for one."""
+    vocabulary, chunk = 20_000, 50
+    chunk_bytes = chunk * vocabulary * 4
+
+    def peak(parts: LMParts, tokens: int) -> int:
+        targets = torch.randint(0, vocabulary, (tokens,))
+        hidden = torch.randn(tokens, 32, requires_grad=True)
+        with TensorBytesTracker() as tracker:
+            head_token_logps(parts, hidden, targets, chunk_tokens=chunk).sum().backward()
+        return tracker.peak
+
+    ours = peak(_head_parts(vocabulary, 32), chunk)
+    # the same maths through autograd (a softcap too wide to change a logit)
+    autograd = peak(_head_parts(vocabulary, 32, softcap=1e9), chunk)
+    assert ours <= 1.2 * chunk_bytes < 4 * chunk_bytes <= autograd, (ours, autograd)
+    assert peak(_head_parts(vocabulary, 32), 8 * chunk) <= 1.2 * chunk_bytes

@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import inspect
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import transformers
@@ -129,24 +130,94 @@ def _chunk_logps(parts: LMParts, hidden: Tensor, targets: Tensor) -> Tensor:
     return logits.gather(-1, targets[:, None]).squeeze(-1) - logits.logsumexp(-1)
 
 
+def _plain_head(parts: LMParts) -> Tensor | None:
+    """The head's weight when the head is a frozen, bias-free linear layer on a whole tensor
+    and its logits are only scaled (no softcap): then ``_HeadLogps`` takes the log-probs."""
+    head, weight = parts.head, getattr(parts.head, "weight", None)
+    plain = (
+        isinstance(head, torch.nn.Linear)
+        and type(head).forward is torch.nn.Linear.forward
+        and head.bias is None
+        and type(weight) in (torch.Tensor, torch.nn.Parameter)
+        and weight.is_floating_point()
+        and not weight.requires_grad
+        and not parts.softcap
+    )
+    return weight if plain else None
+
+
+class _HeadLogps(torch.autograd.Function):
+    """log p(target) = scale * h.w_t - logsumexp(scale * h.W), for a chunk of tokens.
+
+    Autograd through ``_chunk_logps`` holds about five float32 [tokens x vocabulary] tensors in
+    the backward pass (the logits, their shifted exponentials, the softmax, the gathered
+    gradient and their sum). Here the gradient is made in place from the softmax: one float32
+    copy (plus the head's own dtype for the matmul), a fifth of the memory for a chunk of a
+    128k vocabulary. With ``keep`` the softmax is kept from the forward pass (a single chunk:
+    the head is the forward's last work, so keeping it costs no more at the peak than
+    rebuilding it would); otherwise only the chunk's hidden states and logsumexp are kept and
+    the backward pass runs the head again. The head's weight gets no gradient (frozen). The
+    backward pass may run once (no ``retain_graph``): it writes over what it kept.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, hidden: Tensor, weight: Tensor, targets: Tensor, scale: float, keep: bool
+    ) -> Tensor:
+        logits = torch.nn.functional.linear(hidden, weight).float()
+        if scale != 1.0:
+            logits.mul_(scale)
+        picked = logits.gather(-1, targets[:, None]).squeeze(-1)
+        peak = logits.amax(-1, keepdim=True)
+        total = logits.sub_(peak).exp_().sum(-1, keepdim=True)
+        lse = (total.log() + peak).squeeze(-1)
+        kept = logits.div_(total) if keep else None  # the softmax
+        ctx.save_for_backward(hidden, weight, targets, lse, kept)
+        ctx.scale = scale
+        return picked - lse
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None, None, None, None]:
+        hidden, weight, targets, lse, softmax = ctx.saved_tensors
+        if softmax is None:
+            softmax = torch.nn.functional.linear(hidden, weight).float()
+            if ctx.scale != 1.0:
+                softmax.mul_(ctx.scale)
+            softmax.sub_(lse[:, None]).exp_()
+        # d/dx (x_t - logsumexp x) = onehot(t) - softmax(x), times the incoming gradient
+        gradient = softmax.mul_(-grad[:, None])
+        rows = torch.arange(targets.shape[0], device=targets.device)
+        gradient.index_put_((rows, targets), grad, accumulate=True)
+        if ctx.scale != 1.0:
+            gradient.mul_(ctx.scale)
+        return gradient.to(weight.dtype) @ weight, None, None, None, None
+
+
 def head_token_logps(
     parts: LMParts, hidden: Tensor, targets: Tensor, *, chunk_tokens: int | None = None
 ) -> Tensor:
     """log p(target) for each row of ``hidden`` (N, H) -> (N,), in float32.
 
-    The head runs on ``chunk_tokens`` rows at a time; when gradients are needed and there are
-    several chunks, each is recomputed in the backward pass (activation checkpointing) instead
-    of keeping its logits, so at most one chunk's [tokens x vocabulary] logits exist at once,
-    forward or backward. A single chunk is kept instead: the head is the forward's last work,
-    so its logits would be rebuilt at the start of the backward pass, with every activation
-    still held, for the same peak at the cost of one more pass of the head.
+    The head runs on ``chunk_tokens`` rows at a time, and each chunk's logits are rebuilt in
+    the backward pass instead of kept, so at most one chunk's [tokens x vocabulary] logits
+    exist at once, forward or backward. A single chunk is kept instead: the head is the
+    forward's last work, so its logits would be rebuilt at the start of the backward pass,
+    with every activation still held, for the same peak at the cost of one more pass of the
+    head. A plain linear head goes through ``_HeadLogps`` (one float32 copy of a chunk's
+    logits); any other (a softcap, a bias, a head with a LoRA of its own) through autograd.
     """
     chunk = chunk_tokens or logit_chunk_tokens(parts.vocabulary)
-    recompute = torch.is_grad_enabled() and hidden.requires_grad and hidden.shape[0] > chunk
+    weight = _plain_head(parts)
+    scale = parts.logit_scale / parts.logit_divisor
+    grad = torch.is_grad_enabled() and hidden.requires_grad
+    recompute = grad and hidden.shape[0] > chunk
     pieces = []
     for start in range(0, hidden.shape[0], chunk):
         rows, row_targets = hidden[start : start + chunk], targets[start : start + chunk]
-        if recompute:
+        if weight is not None:
+            keep = grad and not recompute
+            pieces.append(_HeadLogps.apply(rows, weight, row_targets, scale, keep))
+        elif recompute:
             pieces.append(checkpoint(_chunk_logps, parts, rows, row_targets, use_reentrant=False))
         else:
             pieces.append(_chunk_logps(parts, rows, row_targets))

@@ -15,7 +15,8 @@ The estimate adds up the tensors a step holds at its peak:
 - activations kept for the backward pass, per token and block (``_block_bytes_per_token``),
   for the micro-batch's tokens; with checkpointing, one hidden state per block plus one block's
   worth, rebuilt in the backward pass;
-- the log-prob head: one chunk of float32 logits at a time (logprobs.LOGIT_CHUNK_BYTES);
+- the log-prob head: one chunk of float32 logits at a time (logprobs.LOGIT_CHUNK_BYTES), held
+  once (about five times for a softcapped head, which goes through autograd);
 - the passes without gradients (reference log-probs, greedy answers) need far less and are
   checked too, with their KV caches.
 
@@ -61,6 +62,7 @@ class ModelShape:
     vocabulary: int
     tied_embeddings: bool = False
     head_dim: int | None = None
+    logit_softcap: bool = False  # Gemma 2/3: the head's log-probs go through autograd
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> ModelShape:
@@ -89,6 +91,7 @@ class ModelShape:
             vocabulary=int(pick("vocab_size")),
             tied_embeddings=bool(config.get("tie_word_embeddings", False)),
             head_dim=config.get("head_dim"),
+            logit_softcap=bool(config.get("final_logit_softcapping")),
         )
 
     @classmethod
@@ -274,8 +277,10 @@ def estimate(
     # the backward pass holds a block's gradients on top: a few hidden-sized tensors a token
     transient = tokens * (4 * shape.hidden + 2 * shape.intermediate) * b
     chunk = min(2 * m * ans, max(1, LOGIT_CHUNK_BYTES // (4 * shape.vocabulary)))
-    # head output, its float32 copy, and in the backward pass softmax and gradients (measured)
-    logits = chunk * shape.vocabulary * (b + 20)
+    # a plain head (logprobs._HeadLogps): one float32 copy of a chunk's logits, and its
+    # output in the model's dtype beside it; through autograd (a softcap), about five (measured)
+    per_logit = (b + 20) if shape.logit_softcap else (4 + (b if b != 4 else 0))
+    logits = chunk * shape.vocabulary * per_logit
     weights = weights_bytes(shape, workload)
     patch = shape.lora_parameters(workload.lora_r) * LORA_BYTES_PER_PARAMETER / workload.shards
     training = weights + patch + activations + transient + logits
@@ -432,7 +437,7 @@ class TensorBytesTracker:
         class _Mode(TorchDispatchMode):
             def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
                 out = func(*args, **(kwargs or {}))
-                tracker._saw(out)
+                tracker._saw(out, (args, kwargs))
                 return out
 
         self._mode = _Mode()
@@ -440,16 +445,25 @@ class TensorBytesTracker:
         self.current = 0
         self.peak = 0
 
-    def _saw(self, out: Any) -> None:
+    def _saw(self, out: Any, inputs: Any) -> None:
         import weakref
 
         import torch
         from torch.utils._pytree import tree_flatten
 
+        # a view or an in-place result shares an input's storage: nothing new was allocated
+        # (counting it would count a weight the first time a layer transposes it)
+        shared = {
+            value.untyped_storage().data_ptr()
+            for value in tree_flatten(inputs)[0]
+            if isinstance(value, torch.Tensor)
+        }
         for value in tree_flatten(out)[0]:
             if not isinstance(value, torch.Tensor):
                 continue
             storage = value.untyped_storage()
+            if storage.nbytes() and storage.data_ptr() in shared:
+                continue
             key = id(storage)
             if key in self._live:
                 continue
