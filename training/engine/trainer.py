@@ -58,6 +58,7 @@ from training.engine.modeling import (
     load_base,
     load_tokenizer,
     pick_device,
+    return_large_frees_to_the_os,
 )
 from training.engine.refcache import RefLogpCache
 from training.engine.report import build_report
@@ -170,6 +171,8 @@ def train(
     hooks.tick("plan", 0, 0, memory_plan=plan.to_dict())
     if base is None:
         base = load_base(config.model, quantize=config.quantize, tokenizer=tokenizer)
+    if next(base.model.parameters()).device.type == "cpu":
+        return_large_frees_to_the_os()
     patch = Patch(base, config)
     sharding = None
     if ranks.sharded:  # after the patch is attached: its LoRA weights are sharded with the blocks
