@@ -48,3 +48,24 @@ def _held_mib(mode: str) -> float:
 def test_freed_large_tensors_do_not_stay_in_the_process() -> None:
     assert _held_mib("off") > 300  # 480 MiB freed, kept by the heap
     assert _held_mib("on") < 50
+
+
+CHOICE = textwrap.dedent(
+    """
+    import torch
+    from training.engine.modeling import return_large_frees_to_the_os
+
+    small = torch.nn.Linear(512, 512)
+    big = torch.nn.utils.skip_init(torch.nn.Linear, 2**15, 2**13, bias=False)  # 1 GiB, untouched
+    print(return_large_frees_to_the_os(small), return_large_frees_to_the_os(big))
+    """
+)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_only_bases_of_a_gib_or_more_change_the_allocator() -> None:
+    """A small model's job keeps glibc's faster default; a big one's gets the fixed threshold."""
+    done = subprocess.run(
+        [sys.executable, "-c", CHOICE], capture_output=True, text=True, check=True
+    )
+    assert done.stdout.split() == ["False", "True"]

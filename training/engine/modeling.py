@@ -88,20 +88,29 @@ def pick_device() -> tuple[torch.device, torch.dtype]:
 M_MMAP_THRESHOLD = -3  # mallopt's parameter number in glibc's malloc.h
 # host blocks at least this big are mapped for themselves and unmapped when freed
 HOST_MMAP_THRESHOLD = 8 * 2**20
+# bases at least this big on a CPU get that threshold; smaller ones keep glibc's default
+HOST_MMAP_MIN_WEIGHTS = 2**30
 
 
-def return_large_frees_to_the_os() -> bool:
-    """Make freed host tensors of 8 MiB or more go back to the OS at once. Returns whether
-    it was set (glibc only; elsewhere the allocator is left as it is).
+def return_large_frees_to_the_os(model: torch.nn.Module | None = None) -> bool:
+    """Make freed host tensors of 8 MiB or more go back to the OS at once, for a CPU ``model``
+    whose weights hold 1 GiB or more (every model when None). Returns whether it was set (glibc
+    only; elsewhere the allocator is left as it is).
 
     glibc keeps freed blocks below a threshold on its heap for reuse, and raises that threshold
-    up to 32 MiB as big blocks are freed; a model's activations on a CPU (tens of MiB each, of
-    many sizes) then fragment the heap, and the process's RSS grows from step to step over the
-    tensors it holds: two pairs at Llama-3.2-1B's width with 4 blocks, after four steps, peaked
-    at 3.0 GiB beyond the weights against 2.3 GiB with this (no slower within noise there, nor
-    on the small models of bench/dpo_bench.py; a 1 MiB threshold cost 1.8x in time). Applies to
-    the whole process, which only a CPU job needs.
+    up to 32 MiB as big blocks are freed; a big model's activations on a CPU (tens of MiB each,
+    of many sizes) then fragment the heap, and the process's RSS grows from step to step over
+    the tensors it holds: two pairs at Llama-3.2-1B's width with 4 blocks, after four steps,
+    peaked at 3.0 GiB beyond the weights against 2.3 GiB with this. Each mapped block costs
+    fresh zeroed pages, though: 8 % more time on bench/dpo_bench.py's long job (hidden 512, 131
+    MiB of weights), where the heap's growth is a few hundred MiB; so small models keep the
+    default. Applies to the whole process, which only a CPU job needs.
     """
+    if model is not None:
+        weights = sum(p.numel() * p.element_size() for p in model.parameters())
+        on_cpu = all(p.device.type == "cpu" for p in model.parameters())
+        if not on_cpu or weights < HOST_MMAP_MIN_WEIGHTS:
+            return False
     try:
         libc = ctypes.CDLL("libc.so.6")
         return bool(libc.mallopt(M_MMAP_THRESHOLD, HOST_MMAP_THRESHOLD))

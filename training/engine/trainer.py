@@ -171,8 +171,7 @@ def train(
     hooks.tick("plan", 0, 0, memory_plan=plan.to_dict())
     if base is None:
         base = load_base(config.model, quantize=config.quantize, tokenizer=tokenizer)
-    if next(base.model.parameters()).device.type == "cpu":
-        return_large_frees_to_the_os()
+    return_large_frees_to_the_os(base.model)
     patch = Patch(base, config)
     sharding = None
     if ranks.sharded:  # after the patch is attached: its LoRA weights are sharded with the blocks
