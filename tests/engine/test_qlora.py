@@ -7,6 +7,8 @@ of what ``make test`` installs); it is skipped only where bitsandbytes cannot be
 from __future__ import annotations
 
 import json
+import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,12 +16,14 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM
 
+from tests.engine.conftest import build_tiny_model
 from tests.engine.test_train import EVAL, PAIRS, _config
 from training.engine import TrainConfig, load_base, train
 from training.engine.checks import verdict
 from training.engine.data import encode_pairs
 from training.engine.evaluate import generate_greedy
 from training.engine.logprobs import pair_logps
+from training.engine.modeling import eval_mode, nf4_config
 
 bnb = pytest.importorskip("bitsandbytes")
 
@@ -163,3 +167,42 @@ def test_demo_patch_trained_in_4bit_works_on_the_full_precision_base(
     ]
     assert all(fixed), list(zip(after, flagged, strict=False))
     assert after[len(flagged) :] == before[len(flagged) :]
+
+
+def _resident_kib(file: Path) -> int:
+    """KiB of ``file`` resident in this process's maps of it (/proc/self/smaps)."""
+    target, total, inside = str(file.resolve()), 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if re.match(r"[0-9a-f]+-[0-9a-f]+ ", line):
+            inside = line.endswith(target)
+        elif inside and line.startswith("Rss:"):
+            total += int(line.split()[1])
+    return total
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux's madvise and smaps")
+def test_a_4bit_base_on_the_cpu_holds_no_float_layers_of_its_checkpoint(tmp_path: Path) -> None:
+    """transformers quantizes from a map of the checkpoint that the kept embeddings hold open:
+    the float32 layers it read stayed in the process (more memory than the full base)."""
+    folder = build_tiny_model(tmp_path / "model", hidden=256, layers=4)
+    checkpoint = folder / "model.safetensors"
+    base = load_base(folder, quantize="4bit")
+    held = _resident_kib(checkpoint)
+    plain = AutoModelForCausalLM.from_pretrained(
+        folder, dtype=torch.float32, quantization_config=nf4_config("4bit", torch.float32)
+    )
+    held_by_plain = _resident_kib(checkpoint) - held
+    layers_kib = (
+        sum(
+            p.numel() * 4
+            for n, p in plain.named_parameters()
+            if ".layers." in n and "norm" not in n
+        )
+        // 1024
+    )  # in float32, as in the checkpoint
+    assert held_by_plain > layers_kib / 2, "what a plain 4-bit load keeps"
+    assert held < layers_kib / 20
+    eval_mode(plain)
+    ids = torch.tensor([[1, 5, 9, 13, 2, 7]])
+    with torch.no_grad():  # the weights read again from the file where still in use
+        assert torch.equal(base.model(ids).logits, plain(ids).logits)
