@@ -36,6 +36,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from anywhere
+from bench._child import call_in_child  # noqa: E402
+
 SCENARIOS = {"long": (256, 48), "balanced": (64, 64)}
 PAIRS, BATCH, RANK, LR = 64, 8, 16, 1e-4
 SPECIALS = 4  # <s> </s> <pad> <unk>
@@ -50,9 +52,10 @@ TRL_BEST = "trl-precompute"
 
 
 def build_model(
-    out_dir: Path, *, hidden: int = 512, layers: int = 6, vocab_size: int = 32000
+    out_dir: str | Path, *, hidden: int = 512, layers: int = 6, vocab_size: int = 32000
 ) -> None:
     """A random-init Llama and a word-level tokenizer: one word, one token."""
+    out_dir = Path(out_dir)
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -201,7 +204,9 @@ def parent(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         model_dir = work / "model"
-        build_model(model_dir, hidden=args.hidden, layers=args.layers, vocab_size=args.vocab)
+        # in a process of its own: wait4's peaks would count this one's (bench/_child.py)
+        call_in_child("bench.dpo_bench:build_model", out_dir=str(model_dir), hidden=args.hidden,
+                      layers=args.layers, vocab_size=args.vocab)  # fmt: skip
         for scenario in args.scenarios:
             pairs_file = work / f"{scenario}.jsonl"
             pairs = make_pairs(*SCENARIOS[scenario], vocab_size=args.vocab)

@@ -6,7 +6,8 @@ plan) against the plan's choices, in full precision and in 4-bit.
 
 A random-init Llama (default: Llama-3.2-1B's shape: hidden 2048, 16 layers, 32 heads, 8 KV
 heads, intermediate 8192, vocabulary 128,256, tied embeddings), float32, 8 pairs, batch 8, one
-epoch of the engine's CLI, each run its own process, its peak RSS read from wait4. Rows:
+epoch of the engine's CLI, each run its own process, its peak RSS read from wait4 (the model is
+built in a process of its own: see bench/_child.py). Rows:
 
 - whole batch: ``--micro-batch-size 8 --no-gradient-checkpointing`` (one forward per step, as
   before the memory plan);
@@ -32,23 +33,28 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench._child import call_in_child  # noqa: E402
 from bench._word_tokenizer import save_word_tokenizer  # noqa: E402
 
 GIB = 2**30
 
 
-def build(folder: Path, args: argparse.Namespace) -> int:
-    """Write the model and a word-level tokenizer; returns the weights' bytes."""
+def build(
+    folder: str, *, vocab: int, hidden: int, layers: int, heads: int, kv_heads: int,
+    intermediate: int | None,
+) -> int:  # fmt: skip
+    """Write the model and a word-level tokenizer; returns the weights' bytes. Runs in a child
+    process (``call_in_child``), so that this one never holds the model."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
-        vocab_size=args.vocab, hidden_size=args.hidden, num_hidden_layers=args.layers,
-        num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
-        intermediate_size=args.intermediate or 4 * args.hidden, tie_word_embeddings=True,
+        vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
+        num_attention_heads=heads, num_key_value_heads=kv_heads,
+        intermediate_size=intermediate or 4 * hidden, tie_word_embeddings=True,
         max_position_embeddings=2048, bos_token_id=0, eos_token_id=1, pad_token_id=2,
     )  # fmt: skip
-    save_word_tokenizer(folder, args.vocab)
+    save_word_tokenizer(Path(folder), vocab)
     torch.manual_seed(0)
     model = LlamaForCausalLM(config)
     model.save_pretrained(folder)
@@ -96,26 +102,31 @@ def main() -> None:
     parser.add_argument("--prompt", type=int, default=512)
     parser.add_argument("--answer", type=int, default=128)
     parser.add_argument("--skip-whole-batch", action="store_true", help="it may not fit in RAM")
+    parser.add_argument(
+        "--rows", nargs="+", choices=["whole", "plan", "4bit"], default=["whole", "plan", "4bit"]
+    )
     args = parser.parse_args()
 
     from bench.gpu_bench import make_pairs
 
     with tempfile.TemporaryDirectory() as tmp:
         folder, pairs_file = Path(tmp) / "model", Path(tmp) / "pairs.jsonl"
-        weights = build(folder, args)
+        shape = {name: getattr(args, name) for name in
+                 ("vocab", "hidden", "layers", "heads", "kv_heads", "intermediate")}  # fmt: skip
+        weights = call_in_child("bench.memory_bench:build", folder=str(folder), **shape)
         pairs = make_pairs(8, args.prompt, args.answer, args.vocab)
         pairs_file.write_text("".join(json.dumps(pair) + "\n" for pair in pairs))
         budget = weights + 3 * GIB
         rows = []
         runs = [
-            ("whole batch, no checkpointing", ["--micro-batch-size", "8",
-                                               "--no-gradient-checkpointing"]),
-            ("the plan for weights + 3 GiB", ["--max-memory", f"{budget / GIB:.3f}"]),
-            ("the plan, 4-bit, for half that",
+            ("whole", "whole batch, no checkpointing", ["--micro-batch-size", "8",
+                                                        "--no-gradient-checkpointing"]),
+            ("plan", "the plan for weights + 3 GiB", ["--max-memory", f"{budget / GIB:.3f}"]),
+            ("4bit", "the plan, 4-bit, for half that",
              ["--quantize", "4bit", "--max-memory", f"{budget / 2 / GIB:.3f}"]),
         ]  # fmt: skip
-        if args.skip_whole_batch:
-            runs = runs[1:]
+        wanted = set(args.rows) - ({"whole"} if args.skip_whole_batch else set())
+        runs = [(name, flags) for row, name, flags in runs if row in wanted]
         for number, (name, flags) in enumerate(runs):
             result = run(folder, pairs_file, Path(tmp) / f"out{number}", flags)
             rows.append((name, result))
