@@ -95,6 +95,7 @@ def run(folder: Path, pairs: list[dict], overrides: dict, work: Path, device: st
 
     from training.engine import TrainConfig, load_base, train
     from training.engine.memory import TensorBytesTracker
+    from training.engine.modeling import weight_bytes
 
     config = TrainConfig(
         model=str(folder), epochs=1, batch_size=8, lora_r=16, lr=1e-4,
@@ -104,7 +105,7 @@ def run(folder: Path, pairs: list[dict], overrides: dict, work: Path, device: st
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     base = load_base(folder, quantize=config.quantize)
-    weights = sum(p.numel() * p.element_size() for p in base.model.parameters())
+    weights = weight_bytes(base.model)
     tracker = TensorBytesTracker() if device == "cpu" else None
     started = time.perf_counter()
     if tracker is not None:

@@ -101,9 +101,12 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=128_256)
     parser.add_argument("--prompt", type=int, default=512)
     parser.add_argument("--answer", type=int, default=128)
-    parser.add_argument("--skip-whole-batch", action="store_true", help="it may not fit in RAM")
     parser.add_argument(
-        "--rows", nargs="+", choices=["whole", "plan", "4bit"], default=["whole", "plan", "4bit"]
+        "--rows",
+        nargs="+",
+        choices=["whole", "plan", "4bit"],
+        default=["whole", "plan", "4bit"],
+        help="which runs (the whole batch may not fit in RAM at the default size)",
     )
     args = parser.parse_args()
 
@@ -125,8 +128,7 @@ def main() -> None:
             ("4bit", "the plan, 4-bit, for half that",
              ["--quantize", "4bit", "--max-memory", f"{budget / 2 / GIB:.3f}"]),
         ]  # fmt: skip
-        wanted = set(args.rows) - ({"whole"} if args.skip_whole_batch else set())
-        runs = [(name, flags) for row, name, flags in runs if row in wanted]
+        runs = [(name, flags) for row, name, flags in runs if row in args.rows]
         for number, (name, flags) in enumerate(runs):
             result = run(folder, pairs_file, Path(tmp) / f"out{number}", flags)
             rows.append((name, result))

@@ -86,6 +86,11 @@ def pick_device() -> tuple[torch.device, torch.dtype]:
     return torch.device("cpu"), torch.float32
 
 
+def weight_bytes(model: torch.nn.Module) -> int:
+    """What the model's parameters hold, as stored (a 4-bit layer at its packed size)."""
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
 M_MMAP_THRESHOLD = -3  # mallopt's parameter number in glibc's malloc.h
 # host blocks at least this big are mapped for themselves and unmapped when freed
 HOST_MMAP_THRESHOLD = 8 * 2**20
@@ -108,9 +113,8 @@ def return_large_frees_to_the_os(model: torch.nn.Module | None = None) -> bool:
     default. Applies to the whole process, which only a CPU job needs.
     """
     if model is not None:
-        weights = sum(p.numel() * p.element_size() for p in model.parameters())
         on_cpu = all(p.device.type == "cpu" for p in model.parameters())
-        if not on_cpu or weights < HOST_MMAP_MIN_WEIGHTS:
+        if not on_cpu or weight_bytes(model) < HOST_MMAP_MIN_WEIGHTS:
             return False
     libc = _libc()
     return libc is not None and bool(libc.mallopt(M_MMAP_THRESHOLD, HOST_MMAP_THRESHOLD))

@@ -59,6 +59,7 @@ from training.engine.modeling import (
     load_tokenizer,
     pick_device,
     return_large_frees_to_the_os,
+    weight_bytes,
 )
 from training.engine.refcache import RefLogpCache
 from training.engine.report import build_report
@@ -262,7 +263,7 @@ def plan_job(
     else:
         available, source = available_memory()
         if available is not None and base is not None:  # its weights count as the job's
-            available += sum(p.numel() * p.element_size() for p in base.model.parameters())
+            available += weight_bytes(base.model)
     try:
         shape = ModelShape.from_folder(config.model)
     except EngineError as error:  # an architecture whose config.json names things otherwise
